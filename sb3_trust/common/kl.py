@@ -1,0 +1,96 @@
+"""
+Exact KL divergences between SB3 action distributions, and the adaptive KL-coefficient controller.
+
+Conventions used throughout ``sb3_trust`` (see the README, "Semantics"):
+
+- ``exact_kl(p, q)`` is KL(p ‖ q), computed in closed form from the distributions' parameters and
+  **summed over independent action dimensions**, so it returns one value per state (shape ``[batch]``).
+  SB3's own ``kl_divergence`` does *not* sum the dimensions of a diagonal Gaussian (it returns
+  ``[batch, action_dim]``), which makes ``.mean()`` the per-dimension KL.
+- The PPO penalty and the TRPO trust region use KL(π_old ‖ π_new), the direction of the PPO and TRPO papers.
+- SB3's ``policy.get_distribution()`` returns the *same* object on every call; take the old distribution from a
+  separate (frozen) policy, or copy it, before calling it again.
+"""
+
+from dataclasses import dataclass
+
+import torch as th
+from stable_baselines3.common.distributions import (
+    BernoulliDistribution,
+    CategoricalDistribution,
+    DiagGaussianDistribution,
+    Distribution,
+    MultiCategoricalDistribution,
+    StateDependentNoiseDistribution,
+)
+from torch.distributions import kl_divergence as th_kl_divergence
+
+_SUMMED_OVER_DIMS = (DiagGaussianDistribution, StateDependentNoiseDistribution, BernoulliDistribution)
+
+
+def exact_kl(p: Distribution, q: Distribution) -> th.Tensor:
+    """
+    Closed-form KL(p ‖ q) between two SB3 distributions of the same type, summed over action dimensions.
+
+    :param p: first distribution (the "old" policy for KL(π_old ‖ π_new))
+    :param q: second distribution
+    :return: KL per state, shape ``[batch]``
+    """
+    if type(p) is not type(q):
+        raise TypeError(f"exact_kl needs two distributions of the same type, got {type(p).__name__} and {type(q).__name__}")
+    if isinstance(p, MultiCategoricalDistribution):
+        assert isinstance(q, MultiCategoricalDistribution)
+        per_dim = [th_kl_divergence(p_i, q_i) for p_i, q_i in zip(p.distribution, q.distribution, strict=True)]
+        return th.stack(per_dim, dim=1).sum(dim=1)
+    if isinstance(p, CategoricalDistribution):
+        return th_kl_divergence(p.distribution, q.distribution)  # type: ignore[arg-type]
+    if isinstance(p, _SUMMED_OVER_DIMS):
+        kl = th_kl_divergence(p.distribution, q.distribution)  # type: ignore[arg-type]
+        return kl.sum(dim=-1) if kl.dim() > 1 else kl
+    raise TypeError(f"No closed-form KL for distribution {type(p).__name__}")
+
+
+def approx_kl_k3(log_ratio: th.Tensor) -> th.Tensor:
+    """
+    The "k3" sample estimator of KL(π_old ‖ π_new) used by SB3 PPO for early stopping:
+    ``mean((r - 1) - log r)`` with ``r = π_new(a|s) / π_old(a|s)`` and ``a ~ π_old``.
+    See http://joschu.net/blog/kl-approx.html
+
+    :param log_ratio: ``log π_new(a|s) - log π_old(a|s)``
+    :return: scalar estimate
+    """
+    return th.mean((th.exp(log_ratio) - 1) - log_ratio)
+
+
+@dataclass(frozen=True)
+class AdaptiveKLController:
+    """
+    The adaptive penalty rule of the PPO paper (Schulman et al. 2017, section 4), applied once per policy update:
+    with ``d`` the mean KL(π_old ‖ π_new) over the rollout after the update,
+    ``β ← β · factor`` if ``d > tolerance · target``, ``β ← β / factor`` if ``d < target / tolerance``,
+    and β is then clipped to ``[min_coef, max_coef]``.
+
+    :param target: the KL target d_targ (> 0)
+    :param tolerance: the 1.5 of the paper
+    :param factor: the 2 of the paper
+    :param min_coef: lower bound on β
+    :param max_coef: upper bound on β
+    """
+
+    target: float
+    tolerance: float = 1.5
+    factor: float = 2.0
+    min_coef: float = 1e-4
+    max_coef: float = 1e4
+
+    def update(self, kl_coef: float, kl: float) -> float:
+        """
+        :param kl_coef: current β
+        :param kl: mean KL measured after the update
+        :return: the new β
+        """
+        if kl > self.tolerance * self.target:
+            kl_coef = kl_coef * self.factor
+        elif kl < self.target / self.tolerance:
+            kl_coef = kl_coef / self.factor
+        return float(min(max(kl_coef, self.min_coef), self.max_coef))

@@ -1,0 +1,58 @@
+"""
+Helpers on SB3 ``ActorCriticPolicy`` objects that SB3 itself does not offer.
+"""
+
+import copy
+
+import torch as th
+from stable_baselines3.common.distributions import Distribution
+from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.type_aliases import PyTorchObs
+
+
+def evaluate_actions_with_distribution(
+    policy: ActorCriticPolicy, obs: PyTorchObs, actions: th.Tensor
+) -> tuple[th.Tensor, th.Tensor, th.Tensor | None, Distribution]:
+    """
+    ``ActorCriticPolicy.evaluate_actions`` that also returns the action distribution, with one forward pass
+    (same operations, same results as SB3's method).
+
+    Note: SB3 distributions are stateful (``policy.action_dist`` is reused on every call), so the returned object is
+    only valid until the policy's next forward pass.
+
+    :param policy: the policy
+    :param obs: observations
+    :param actions: actions
+    :return: values, log-likelihood of the actions, entropy (``None`` without a closed form), distribution
+    """
+    features = policy.extract_features(obs)
+    if policy.share_features_extractor:
+        latent_pi, latent_vf = policy.mlp_extractor(features)
+    else:
+        pi_features, vf_features = features
+        latent_pi = policy.mlp_extractor.forward_actor(pi_features)
+        latent_vf = policy.mlp_extractor.forward_critic(vf_features)
+    distribution = policy._get_action_dist_from_latent(latent_pi)
+    log_prob = distribution.log_prob(actions)
+    values = policy.value_net(latent_vf)
+    entropy = distribution.entropy()
+    return values, log_prob, entropy, distribution
+
+
+def frozen_copy(policy: ActorCriticPolicy) -> ActorCriticPolicy:
+    """
+    A deep copy of ``policy`` without its optimizer, in eval mode, with gradients switched off.
+    Its action distribution object is separate from ``policy``'s, so it can serve as π_old.
+
+    :param policy: the policy to copy
+    :return: the frozen copy
+    """
+    optimizer = policy.optimizer
+    try:
+        del policy.optimizer
+        clone = copy.deepcopy(policy)
+    finally:
+        policy.optimizer = optimizer
+    clone.set_training_mode(False)
+    clone.requires_grad_(False)
+    return clone

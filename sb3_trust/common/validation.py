@@ -1,0 +1,169 @@
+"""
+Hyperparameter checks shared by the algorithms.
+
+Every check raises ``ValueError`` (bad value) or ``TypeError`` (bad type) naming the parameter, the value given and
+what is allowed, so that a wrong setting fails in the constructor, before any training starts.
+"""
+
+import math
+import warnings
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from gymnasium import spaces
+
+SUPPORTED_ACTION_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_number(
+    name: str,
+    value: Any,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_inclusive: bool = True,
+    high_inclusive: bool = True,
+    allow_schedule: bool = False,
+    allow_none: bool = False,
+    integer: bool = False,
+) -> None:
+    """
+    Check that ``value`` is a finite number in the given interval (or, if allowed, a schedule or ``None``).
+    A schedule is only checked for being callable: its values are checked when it is evaluated.
+
+    :param name: the parameter's name, used in the message
+    :param value: the value given
+    :param low: lower bound (``None``: unbounded)
+    :param high: upper bound (``None``: unbounded)
+    :param low_inclusive: whether ``low`` itself is allowed
+    :param high_inclusive: whether ``high`` itself is allowed
+    :param allow_schedule: accept a callable ``progress_remaining -> value``
+    :param allow_none: accept ``None``
+    :param integer: require an ``int``
+    """
+    if value is None and allow_none:
+        return
+    if allow_schedule and callable(value):
+        return
+    if integer:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"`{name}` must be an int, got {value!r} ({type(value).__name__})")
+    elif not _is_number(value):
+        allowed = "a number" + (" or a schedule" if allow_schedule else "") + (" or None" if allow_none else "")
+        raise TypeError(f"`{name}` must be {allowed}, got {value!r} ({type(value).__name__})")
+    if not math.isfinite(value):
+        raise ValueError(f"`{name}` must be finite, got {value!r}")
+    too_low = low is not None and (value < low or (value == low and not low_inclusive))
+    too_high = high is not None and (value > high or (value == high and not high_inclusive))
+    if too_low or too_high:
+        left = "-inf" if low is None else f"{low}"
+        right = "inf" if high is None else f"{high}"
+        interval = ("[" if low_inclusive and low is not None else "(") + f"{left}, {right}"
+        interval += "]" if high_inclusive and high is not None else ")"
+        raise ValueError(f"`{name}` must be in {interval}, got {value!r}")
+
+
+def check_schedule_value(name: str, value: float, *, low: float = 0.0, low_inclusive: bool = False) -> float:
+    """
+    Check the value a schedule returned for the current progress (schedules are only evaluated during training).
+
+    :param name: the parameter's name
+    :param value: what the schedule returned
+    :param low: lower bound
+    :param low_inclusive: whether ``low`` itself is allowed
+    :return: ``value`` as a float
+    """
+    check_number(name, value, low=low, low_inclusive=low_inclusive)
+    return float(value)
+
+
+def check_choice(name: str, value: Any, choices: Iterable[str]) -> None:
+    """
+    :param name: the parameter's name
+    :param value: the value given
+    :param choices: the allowed strings
+    """
+    choices = tuple(choices)
+    if not isinstance(value, str):
+        raise TypeError(f"`{name}` must be one of {choices}, got {value!r} ({type(value).__name__})")
+    if value not in choices:
+        raise ValueError(f"`{name}` must be one of {choices}, got {value!r}")
+
+
+def check_bool(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"`{name}` must be a bool, got {value!r} ({type(value).__name__})")
+
+
+def check_action_space(action_space: spaces.Space, algo_name: str) -> None:
+    """
+    :param action_space: the env's action space
+    :param algo_name: used in the message
+    """
+    if not isinstance(action_space, SUPPORTED_ACTION_SPACES):
+        allowed = ", ".join(cls.__name__ for cls in SUPPORTED_ACTION_SPACES)
+        raise TypeError(f"{algo_name} does not support the action space {action_space} (env): allowed are {allowed}")
+
+
+def check_rollout_sizes(n_steps: int, n_envs: int, batch_size: int | None, normalize_advantage: bool) -> None:
+    """
+    The rollout-size checks of SB3 PPO and sb3-contrib TRPO, as ``ValueError`` instead of ``assert``:
+    ``n_steps * n_envs`` must exceed 1 when advantages are normalised (otherwise the std is NaN), and
+    ``batch_size`` may not exceed the rollout. A batch size that does not divide the rollout only warns, as in SB3.
+
+    :param n_steps: steps per env per rollout
+    :param n_envs: number of envs
+    :param batch_size: minibatch size
+    :param normalize_advantage: whether advantages are normalised
+    """
+    buffer_size = n_steps * n_envs
+    if normalize_advantage and buffer_size < 2:
+        raise ValueError(
+            f"`n_steps * n_envs` must be at least 2 when `normalize_advantage=True`, got n_steps={n_steps} and "
+            f"n_envs={n_envs} (see https://github.com/DLR-RM/stable-baselines3/issues/440)"
+        )
+    if batch_size is None:
+        return
+    if batch_size > buffer_size:
+        raise ValueError(
+            f"`batch_size` must be at most `n_steps * n_envs` = {n_steps} * {n_envs} = {buffer_size}, got {batch_size}"
+        )
+    if buffer_size % batch_size > 0:
+        warnings.warn(
+            f"You have specified a mini-batch size of {batch_size},"
+            f" but because the `RolloutBuffer` is of size `n_steps * n_envs = {buffer_size}`,"
+            f" after every {buffer_size // batch_size} untruncated mini-batches,"
+            f" there will be a truncated mini-batch of size {buffer_size % batch_size}\n"
+            f"We recommend using a `batch_size` that is a factor of `n_steps * n_envs`.\n"
+            f"Info: (n_steps={n_steps} and n_envs={n_envs})"
+        )
+
+
+def check_common_on_policy_kwargs(
+    *,
+    learning_rate: float | Callable,
+    n_steps: int,
+    batch_size: int | None,
+    gamma: float,
+    gae_lambda: float,
+    normalize_advantage: bool,
+    use_sde: bool,
+    sde_sample_freq: int,
+    stats_window_size: int,
+) -> None:
+    """
+    Checks of the keywords that TrustPPO and TrustTRPO share with every SB3 on-policy algorithm.
+    """
+    check_number("learning_rate", learning_rate, low=0.0, allow_schedule=True)
+    check_number("n_steps", n_steps, low=1, integer=True)
+    check_number("batch_size", batch_size, low=1, integer=True, allow_none=batch_size is None)
+    check_number("gamma", gamma, low=0.0, high=1.0)
+    check_number("gae_lambda", gae_lambda, low=0.0, high=1.0)
+    check_bool("normalize_advantage", normalize_advantage)
+    check_bool("use_sde", use_sde)
+    check_number("sde_sample_freq", sde_sample_freq, low=-1, integer=True)
+    check_number("stats_window_size", stats_window_size, low=1, integer=True)
