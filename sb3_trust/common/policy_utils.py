@@ -3,6 +3,7 @@ Helpers on SB3 ``ActorCriticPolicy`` objects that SB3 itself does not offer.
 """
 
 import copy
+from typing import Any
 
 import torch as th
 from stable_baselines3.common.distributions import Distribution
@@ -39,20 +40,34 @@ def evaluate_actions_with_distribution(
     return values, log_prob, entropy, distribution
 
 
+def _detached_distribution(distribution: Distribution) -> Distribution:
+    """
+    A shallow copy of an SB3 distribution object without its autograd history: tensors are detached copies and the
+    wrapped torch distribution is dropped (it is rebuilt by the next ``proba_distribution`` call).
+    """
+    clone = copy.copy(distribution)
+    for name, value in vars(clone).items():
+        if isinstance(value, th.Tensor):
+            setattr(clone, name, value.detach().clone())
+        elif isinstance(value, (th.distributions.Distribution, list)):
+            setattr(clone, name, None)
+    return clone
+
+
 def frozen_copy(policy: ActorCriticPolicy) -> ActorCriticPolicy:
     """
     A deep copy of ``policy`` without its optimizer, in eval mode, with gradients switched off.
     Its action distribution object is separate from ``policy``'s, so it can serve as π_old.
+    Copying consumes no random numbers (unlike building a new policy, whose initialisation would).
 
     :param policy: the policy to copy
     :return: the frozen copy
     """
-    optimizer = policy.optimizer
-    try:
-        del policy.optimizer
-        clone = copy.deepcopy(policy)
-    finally:
-        policy.optimizer = optimizer
+    # deepcopy cannot copy non-leaf tensors (gSDE keeps some in its distribution object): substitute a detached copy
+    memo: dict[int, Any] = {id(policy.action_dist): _detached_distribution(policy.action_dist)}
+    if hasattr(policy, "optimizer"):
+        memo[id(policy.optimizer)] = None
+    clone = copy.deepcopy(policy, memo)
     clone.set_training_mode(False)
     clone.requires_grad_(False)
     return clone

@@ -1,0 +1,464 @@
+from collections import defaultdict
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+from stable_baselines3.common.policies import ActorCriticCnnPolicy, ActorCriticPolicy, BasePolicy, MultiInputActorCriticPolicy
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, RolloutBufferSamples, Schedule
+from stable_baselines3.common.utils import FloatSchedule, explained_variance
+
+from sb3_trust.common.kl import AdaptiveKLController, approx_kl_k3, exact_kl
+from sb3_trust.common.losses import (
+    POLICY_LOSSES,
+    VF_CLIP_MODES,
+    clipped_surrogate_loss,
+    kl_penalty_loss,
+    normalize_advantages,
+    surrogate_loss,
+    value_loss,
+)
+from sb3_trust.common.policy_utils import evaluate_actions_with_distribution, frozen_copy
+from sb3_trust.common.rollout import iterate_rollout_in_order
+from sb3_trust.common.validation import (
+    check_action_space,
+    check_choice,
+    check_common_on_policy_kwargs,
+    check_number,
+    check_rollout_sizes,
+    check_schedule_value,
+)
+
+SelfTrustPPO = TypeVar("SelfTrustPPO", bound="TrustPPO")
+
+
+class TrustPPO(OnPolicyAlgorithm):
+    """
+    Proximal Policy Optimization with a choice of trust region: the clipped surrogate (PPO-clip, the default),
+    a fixed or adaptive KL penalty (PPO-Penalty), or none (the unclipped surrogate), plus SB3's or Baselines'
+    value-function clipping.
+
+    A drop-in replacement for ``stable_baselines3.PPO``: every keyword of SB3 PPO is accepted with the same
+    meaning and default, and with the default settings the updates are the same as SB3's (same parameters after
+    training with the same seed).
+
+    Paper: https://arxiv.org/abs/1707.06347 (sections 3 and 4, Table 1)
+    Code: https://github.com/DLR-RM/stable-baselines3 (PPO) and https://github.com/openai/baselines (value clipping)
+
+    Semantics (see also the README):
+
+    - **KL**: the penalty, the logged ``train/kl`` and the adaptive rule use the exact KL(π_old ‖ π_new), computed
+      in closed form from the old and new distributions and summed over action dimensions, averaged over states.
+      π_old is a frozen copy of the policy taken at the start of each update.
+    - **target_kl** keeps SB3's meaning: early stopping. Before each gradient step the k3 estimate
+      ``mean((r - 1) - log r)`` on the minibatch is compared with ``1.5 * target_kl``; above it, the update stops
+      (that minibatch is not applied). It is independent of the KL penalty.
+    - **Advantages** are normalised per minibatch (when ``normalize_advantage``), as in SB3.
+    - **Value clipping**: see ``vf_clip_mode``.
+
+    :param policy: The policy model to use (MlpPolicy, CnnPolicy, ...)
+    :param env: The environment to learn from (if registered in Gym, can be str)
+    :param learning_rate: The learning rate, it can be a function
+        of the current progress remaining (from 1 to 0)
+    :param n_steps: The number of steps to run for each environment per update
+        (i.e. rollout buffer size is n_steps * n_envs where n_envs is number of environment copies running in parallel)
+    :param batch_size: Minibatch size
+    :param n_epochs: Number of epoch when optimizing the surrogate loss
+    :param gamma: Discount factor
+    :param gae_lambda: Factor for trade-off of bias vs variance for Generalized Advantage Estimator
+    :param clip_range: Clipping parameter ε of the clipped surrogate, it can be a function of the current progress
+        remaining (from 1 to 0). Only used by ``policy_loss="clip"`` (it is still used for the logged clip fraction).
+    :param clip_range_vf: Clipping parameter for the value function,
+        it can be a function of the current progress remaining (from 1 to 0).
+        This is a parameter specific to the OpenAI implementation. If None is passed (default),
+        no clipping will be done on the value function.
+        IMPORTANT: this clipping depends on the reward scaling.
+    :param normalize_advantage: Whether to normalize or not the advantage (per minibatch)
+    :param ent_coef: Entropy coefficient for the loss calculation, a float or a schedule
+    :param vf_coef: Value function coefficient for the loss calculation
+    :param max_grad_norm: The maximum value for the gradient clipping
+    :param use_sde: Whether to use generalized State Dependent Exploration (gSDE)
+        instead of action noise exploration (default: False)
+    :param sde_sample_freq: Sample a new noise matrix every n steps when using gSDE
+        Default: -1 (only sample at the beginning of the rollout)
+    :param rollout_buffer_class: Rollout buffer class to use. If ``None``, it will be automatically selected.
+    :param rollout_buffer_kwargs: Keyword arguments to pass to the rollout buffer on creation
+    :param target_kl: Limit the KL divergence between updates (SB3's early stopping, see above),
+        because the clipping is not enough to prevent large update
+        see issue #213 (cf https://github.com/hill-a/stable-baselines/issues/213)
+        By default, there is no limit on the kl div.
+    :param policy_loss: NEW. The trust-region mechanism of the policy loss:
+        ``"clip"`` (PPO-clip, ``-mean(min(r·A, clip(r, 1±ε)·A))``),
+        ``"kl_penalty"`` (PPO-Penalty, ``-mean(r·A) + β·mean KL(π_old ‖ π_new)``, fixed or adaptive β) or
+        ``"unclipped"`` (``-mean(r·A)``, no trust region except ``target_kl``; the baseline of the PPO paper's Table 1)
+    :param kl_coef: NEW. β, the coefficient of the KL penalty (``policy_loss="kl_penalty"``): the fixed value,
+        a schedule, or the initial value of the adaptive rule
+    :param adaptive_kl_target: NEW. d_targ of the adaptive rule of the PPO paper: after each update, β is doubled if the
+        mean KL over the rollout exceeds ``1.5 * d_targ`` and halved if it is below ``d_targ / 1.5``, then clipped to
+        ``[1e-4, 1e4]``. ``None`` (default) keeps β fixed (or scheduled).
+    :param vf_clip_mode: NEW. How ``clip_range_vf`` clips the value loss: ``"sb3"`` (default, SB3: the MSE of the
+        clipped prediction ``mean((R - V_clip)²)``) or ``"max"`` (OpenAI Baselines/CleanRL: the pessimistic
+        ``mean(max((R - V)², (R - V_clip)²))``), with ``V_clip = V_old + clip(V - V_old, -ε_v, ε_v)``.
+    :param stats_window_size: Window size for the rollout logging, specifying the number of episodes to average
+        the reported success rate, mean episode length, and mean reward over
+    :param tensorboard_log: the log location for tensorboard (if None, no logging)
+    :param policy_kwargs: additional arguments to be passed to the policy on creation. See :ref:`ppo_policies`
+    :param verbose: Verbosity level: 0 for no output, 1 for info messages (such as device or wrappers used), 2 for
+        debug messages
+    :param seed: Seed for the pseudo random generators
+    :param device: Device (cpu, cuda, ...) on which the code should be run.
+        Setting it to auto, the code will be run on the GPU if possible.
+    :param _init_setup_model: Whether or not to build the network at the creation of the instance
+    """
+
+    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
+        "MlpPolicy": ActorCriticPolicy,
+        "CnnPolicy": ActorCriticCnnPolicy,
+        "MultiInputPolicy": MultiInputActorCriticPolicy,
+    }
+
+    def __init__(
+        self,
+        policy: str | type[ActorCriticPolicy],
+        env: GymEnv | str,
+        learning_rate: float | Schedule = 3e-4,
+        n_steps: int = 2048,
+        batch_size: int = 64,
+        n_epochs: int = 10,
+        gamma: float = 0.99,
+        gae_lambda: float = 0.95,
+        clip_range: float | Schedule = 0.2,
+        clip_range_vf: float | Schedule | None = None,
+        normalize_advantage: bool = True,
+        ent_coef: float | Schedule = 0.0,
+        vf_coef: float = 0.5,
+        max_grad_norm: float = 0.5,
+        use_sde: bool = False,
+        sde_sample_freq: int = -1,
+        rollout_buffer_class: type[RolloutBuffer] | None = None,
+        rollout_buffer_kwargs: dict[str, Any] | None = None,
+        target_kl: float | None = None,
+        policy_loss: str = "clip",
+        kl_coef: float | Schedule = 1.0,
+        adaptive_kl_target: float | None = None,
+        vf_clip_mode: str = "sb3",
+        stats_window_size: int = 100,
+        tensorboard_log: str | None = None,
+        policy_kwargs: dict[str, Any] | None = None,
+        verbose: int = 0,
+        seed: int | None = None,
+        device: th.device | str = "auto",
+        _init_setup_model: bool = True,
+    ):
+        # Check every keyword before anything is built (SB3 uses asserts; we raise ValueError/TypeError)
+        check_common_on_policy_kwargs(
+            learning_rate=learning_rate,
+            n_steps=n_steps,
+            batch_size=batch_size,
+            gamma=gamma,
+            gae_lambda=gae_lambda,
+            normalize_advantage=normalize_advantage,
+            use_sde=use_sde,
+            sde_sample_freq=sde_sample_freq,
+            stats_window_size=stats_window_size,
+        )
+        check_number("n_epochs", n_epochs, low=1, integer=True)
+        check_number("clip_range", clip_range, low=0.0, low_inclusive=False, allow_schedule=True)
+        check_number("clip_range_vf", clip_range_vf, low=0.0, low_inclusive=False, allow_schedule=True, allow_none=True)
+        check_number("ent_coef", ent_coef, allow_schedule=True)
+        check_number("vf_coef", vf_coef, low=0.0)
+        check_number("max_grad_norm", max_grad_norm, low=0.0, low_inclusive=False)
+        check_number("target_kl", target_kl, low=0.0, low_inclusive=False, allow_none=True)
+        check_choice("policy_loss", policy_loss, POLICY_LOSSES)
+        check_number("kl_coef", kl_coef, low=0.0, allow_schedule=True)
+        check_number("adaptive_kl_target", adaptive_kl_target, low=0.0, low_inclusive=False, allow_none=True)
+        check_choice("vf_clip_mode", vf_clip_mode, VF_CLIP_MODES)
+        if normalize_advantage and batch_size < 2:
+            raise ValueError(
+                f"`batch_size` must be greater than 1 when `normalize_advantage=True`, got {batch_size} "
+                "(see https://github.com/DLR-RM/stable-baselines3/issues/440)"
+            )
+        if adaptive_kl_target is not None and policy_loss != "kl_penalty":
+            raise ValueError(
+                f"`adaptive_kl_target={adaptive_kl_target}` adapts the KL penalty, so it needs "
+                f"`policy_loss='kl_penalty'`, got `policy_loss={policy_loss!r}`"
+            )
+        if adaptive_kl_target is not None and callable(kl_coef):
+            raise ValueError(
+                f"`kl_coef` must be a float (the initial β) when `adaptive_kl_target` is set, got the schedule {kl_coef!r}"
+            )
+        if vf_clip_mode != "sb3" and clip_range_vf is None:
+            raise ValueError(f"`vf_clip_mode={vf_clip_mode!r}` needs a `clip_range_vf`, got None")
+
+        super().__init__(
+            policy,
+            env,
+            learning_rate=learning_rate,
+            n_steps=n_steps,
+            gamma=gamma,
+            gae_lambda=gae_lambda,
+            ent_coef=ent_coef,  # type: ignore[arg-type]
+            vf_coef=vf_coef,
+            max_grad_norm=max_grad_norm,
+            use_sde=use_sde,
+            sde_sample_freq=sde_sample_freq,
+            rollout_buffer_class=rollout_buffer_class,
+            rollout_buffer_kwargs=rollout_buffer_kwargs,
+            stats_window_size=stats_window_size,
+            tensorboard_log=tensorboard_log,
+            policy_kwargs=policy_kwargs,
+            verbose=verbose,
+            device=device,
+            seed=seed,
+            _init_setup_model=False,
+            supported_action_spaces=None,  # checked below, with a TypeError instead of SB3's assert
+        )
+        if self.env is not None:
+            check_action_space(self.action_space, type(self).__name__)
+            check_rollout_sizes(self.n_steps, self.env.num_envs, batch_size, normalize_advantage)
+
+        self.batch_size = batch_size
+        self.n_epochs = n_epochs
+        self.clip_range = clip_range
+        self.clip_range_vf = clip_range_vf
+        self.normalize_advantage = normalize_advantage
+        self.target_kl = target_kl
+        self.policy_loss = policy_loss
+        self.kl_coef = kl_coef
+        self.adaptive_kl_target = adaptive_kl_target
+        self.vf_clip_mode = vf_clip_mode
+        # Mutable training state lives here, not in _setup_model(), which load() calls again after restoring it.
+        # The current β: adapted after each update when adaptive_kl_target is set.
+        self._kl_coef = float(kl_coef(1.0) if callable(kl_coef) else kl_coef)
+        # Frozen copy of the policy at the start of the update: π_old (rebuilt lazily, never saved)
+        self._old_policy: ActorCriticPolicy | None = None
+
+        if _init_setup_model:
+            self._setup_model()
+
+    def _setup_model(self) -> None:
+        super()._setup_model()
+        # Initialize schedules for policy/value clipping (idempotent: load() calls this again)
+        self.clip_range = FloatSchedule(self.clip_range)
+        if self.clip_range_vf is not None:
+            self.clip_range_vf = FloatSchedule(self.clip_range_vf)
+        self.ent_coef_schedule = FloatSchedule(self.ent_coef)
+        self.kl_coef_schedule = FloatSchedule(self.kl_coef)
+        self._old_policy = None
+
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "_old_policy"]
+
+    def _snapshot_old_policy(self) -> ActorCriticPolicy:
+        """
+        :return: a frozen copy of the current policy (π_old for this update), reusing its storage between updates
+        """
+        if self._old_policy is None:
+            self._old_policy = frozen_copy(self.policy)  # type: ignore[arg-type]
+        else:
+            self._old_policy.load_state_dict(self.policy.state_dict())
+        return self._old_policy
+
+    def _current_kl_coef(self) -> float:
+        if self.adaptive_kl_target is None:
+            kl_coef = self.kl_coef_schedule(self._current_progress_remaining)
+            self._kl_coef = check_schedule_value("kl_coef", kl_coef, low=0.0, low_inclusive=True)
+        return self._kl_coef
+
+    def _rollout_kl(self, old_policy: ActorCriticPolicy) -> float:
+        """
+        :param old_policy: π_old
+        :return: mean exact KL(π_old ‖ π_new) over the whole rollout buffer (no randomness consumed)
+        """
+        total, count = 0.0, 0
+        with th.no_grad():
+            for rollout_data in iterate_rollout_in_order(self.rollout_buffer):
+                old_distribution = old_policy.get_distribution(rollout_data.observations)
+                new_distribution = self.policy.get_distribution(rollout_data.observations)
+                kl = exact_kl(old_distribution, new_distribution)
+                total += kl.sum().item()
+                count += len(kl)
+        return total / max(count, 1)
+
+    def _minibatch_loss(
+        self,
+        rollout_data: RolloutBufferSamples,
+        old_policy: ActorCriticPolicy,
+        clip_range: float,
+        clip_range_vf: float | None,
+        ent_coef: float,
+        kl_coef: float,
+        stats: dict[str, list[float]],
+    ) -> tuple[th.Tensor, th.Tensor]:
+        """
+        The loss of one minibatch, in SB3's order of operations (so that the default matches SB3 PPO exactly).
+
+        :param rollout_data: the minibatch
+        :param old_policy: π_old, for the exact KL of the penalty
+        :param clip_range: ε of the clipped surrogate
+        :param clip_range_vf: ε_v of the value clipping, or ``None``
+        :param ent_coef: entropy coefficient
+        :param kl_coef: β
+        :param stats: per-minibatch diagnostics, appended to
+        :return: the loss and the log-ratio ``log π_new(a|s) - log π_old(a|s)``
+        """
+        actions = rollout_data.actions
+        if isinstance(self.action_space, spaces.Discrete):
+            # Convert discrete action from float to long
+            actions = rollout_data.actions.long().flatten()
+
+        if self.policy_loss == "kl_penalty":
+            values, log_prob, entropy, distribution = evaluate_actions_with_distribution(
+                self.policy, rollout_data.observations, actions  # type: ignore[arg-type]
+            )
+            with th.no_grad():
+                old_distribution = old_policy.get_distribution(rollout_data.observations)
+            kl = exact_kl(old_distribution, distribution)
+        else:
+            values, log_prob, entropy = self.policy.evaluate_actions(rollout_data.observations, actions)
+        values = values.flatten()
+        # Normalize advantage (per minibatch, as SB3)
+        advantages = rollout_data.advantages
+        if self.normalize_advantage:
+            advantages = normalize_advantages(advantages)
+
+        # ratio between old and new policy, should be one at the first iteration
+        log_ratio = log_prob - rollout_data.old_log_prob
+        ratio = th.exp(log_ratio)
+        if self.policy_loss == "clip":
+            policy_loss = clipped_surrogate_loss(ratio, advantages, clip_range)
+        elif self.policy_loss == "kl_penalty":
+            policy_loss = kl_penalty_loss(ratio, advantages, kl, kl_coef)
+        else:
+            policy_loss = surrogate_loss(ratio, advantages)
+
+        # Value loss using the TD(gae_lambda) target, optionally clipped
+        vf_loss, value_clip_fraction = value_loss(
+            values, rollout_data.old_values, rollout_data.returns, clip_range_vf, self.vf_clip_mode
+        )
+        # Entropy loss favor exploration
+        if entropy is None:
+            # Approximate entropy when no analytical form
+            entropy_loss = -th.mean(-log_prob)
+        else:
+            entropy_loss = -th.mean(entropy)
+
+        stats["policy_gradient_loss"].append(policy_loss.item())
+        stats["clip_fraction"].append(th.mean((th.abs(ratio - 1) > clip_range).float()).item())
+        stats["ratio_max"].append(ratio.max().item())
+        stats["ratio_mean"].append(ratio.mean().item())
+        stats["value_loss"].append(vf_loss.item())
+        stats["value_clip_fraction"].append(value_clip_fraction.item())
+        stats["entropy_loss"].append(entropy_loss.item())
+
+        loss = policy_loss + ent_coef * entropy_loss + self.vf_coef * vf_loss
+        return loss, log_ratio
+
+    def train(self) -> None:
+        """
+        Update policy using the currently gathered rollout buffer.
+        """
+        # Switch to train mode (this affects batch norm / dropout)
+        self.policy.set_training_mode(True)
+        # Update optimizer learning rate
+        self._update_learning_rate(self.policy.optimizer)
+        # Compute current clip range
+        clip_range = check_schedule_value("clip_range", self.clip_range(self._current_progress_remaining))  # type: ignore[operator]
+        # Optional: clip range for the value function
+        clip_range_vf = None
+        if self.clip_range_vf is not None:
+            clip_range_vf = check_schedule_value("clip_range_vf", self.clip_range_vf(self._current_progress_remaining))  # type: ignore[operator]
+        ent_coef = check_schedule_value(
+            "ent_coef", self.ent_coef_schedule(self._current_progress_remaining), low=-np.inf, low_inclusive=True
+        )
+        kl_coef = self._current_kl_coef()
+        # π_old: the policy as it was before this update, for the exact KL
+        old_policy = self._snapshot_old_policy()
+
+        stats: dict[str, list[float]] = defaultdict(list)
+        continue_training = True
+        epochs_completed = 0
+        # train for n_epochs epochs
+        for epoch in range(self.n_epochs):
+            approx_kl_divs = []
+            # Do a complete pass on the rollout buffer
+            for rollout_data in self.rollout_buffer.get(self.batch_size):
+                loss, log_ratio = self._minibatch_loss(
+                    rollout_data, old_policy, clip_range, clip_range_vf, ent_coef, kl_coef, stats  # type: ignore[arg-type]
+                )
+
+                # SB3's early stopping on the k3 estimate of KL(π_old ‖ π_new), checked before the step
+                # see issue #417: https://github.com/DLR-RM/stable-baselines3/issues/417
+                # and discussion in PR #419: https://github.com/DLR-RM/stable-baselines3/pull/419
+                # and Schulman blog: http://joschu.net/blog/kl-approx.html
+                with th.no_grad():
+                    approx_kl_div = approx_kl_k3(log_ratio).cpu().numpy()
+                    approx_kl_divs.append(approx_kl_div)
+
+                if self.target_kl is not None and approx_kl_div > 1.5 * self.target_kl:
+                    continue_training = False
+                    if self.verbose >= 1:
+                        print(f"Early stopping at step {epoch} due to reaching max kl: {approx_kl_div:.2f}")
+                    break
+
+                # Optimization step
+                self.policy.optimizer.zero_grad()
+                loss.backward()
+                # Clip grad norm
+                th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+                self.policy.optimizer.step()
+
+            self._n_updates += 1
+            if not continue_training:
+                break
+            epochs_completed += 1
+
+        explained_var = explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten())
+        # Exact KL(π_old ‖ π_new) over the rollout after the whole update: logged, and drives the adaptive β
+        rollout_kl = self._rollout_kl(old_policy)
+        if self.adaptive_kl_target is not None:
+            self._kl_coef = AdaptiveKLController(self.adaptive_kl_target).update(self._kl_coef, rollout_kl)
+
+        # Logs: SB3's keys with SB3's meanings (approx_kl: mean over the last epoch; loss: last minibatch)
+        self.logger.record("train/entropy_loss", np.mean(stats["entropy_loss"]))
+        self.logger.record("train/policy_gradient_loss", np.mean(stats["policy_gradient_loss"]))
+        self.logger.record("train/value_loss", np.mean(stats["value_loss"]))
+        self.logger.record("train/approx_kl", np.mean(approx_kl_divs))
+        self.logger.record("train/clip_fraction", np.mean(stats["clip_fraction"]))
+        self.logger.record("train/loss", loss.item())
+        self.logger.record("train/explained_variance", explained_var)
+        if hasattr(self.policy, "log_std"):
+            self.logger.record("train/std", th.exp(self.policy.log_std).mean().item())
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        self.logger.record("train/clip_range", clip_range)
+        if clip_range_vf is not None:
+            self.logger.record("train/clip_range_vf", clip_range_vf)
+            self.logger.record("train/value_clip_fraction", np.mean(stats["value_clip_fraction"]))
+        # sb3_trust's diagnostics
+        self.logger.record("train/kl", rollout_kl)
+        if self.policy_loss == "kl_penalty":
+            self.logger.record("train/kl_coef", self._kl_coef)
+        self.logger.record("train/early_stop_fraction", epochs_completed / self.n_epochs)
+        self.logger.record("train/ratio_max", np.max(stats["ratio_max"]))
+        self.logger.record("train/ratio_mean", np.mean(stats["ratio_mean"]))
+        self.logger.record("train/ent_coef", ent_coef)
+
+    def learn(
+        self: SelfTrustPPO,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        log_interval: int = 1,
+        tb_log_name: str = "TrustPPO",
+        reset_num_timesteps: bool = True,
+        progress_bar: bool = False,
+    ) -> SelfTrustPPO:
+        return super().learn(
+            total_timesteps=total_timesteps,
+            callback=callback,
+            log_interval=log_interval,
+            tb_log_name=tb_log_name,
+            reset_num_timesteps=reset_num_timesteps,
+            progress_bar=progress_bar,
+        )
