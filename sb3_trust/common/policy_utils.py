@@ -49,7 +49,9 @@ def _detached_distribution(distribution: Distribution) -> Distribution:
     for name, value in vars(clone).items():
         if isinstance(value, th.Tensor):
             setattr(clone, name, value.detach().clone())
-        elif isinstance(value, (th.distributions.Distribution, list)):
+        elif isinstance(value, th.distributions.Distribution) or (
+            isinstance(value, list) and any(isinstance(item, th.distributions.Distribution) for item in value)
+        ):
             setattr(clone, name, None)
     return clone
 

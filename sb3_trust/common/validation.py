@@ -67,9 +67,10 @@ def check_number(
         raise ValueError(f"`{name}` must be in {interval}, got {value!r}")
 
 
-def check_schedule_value(name: str, value: float, *, low: float = 0.0, low_inclusive: bool = False) -> float:
+def check_schedule_value(name: str, value: float, *, low: float = 0.0, low_inclusive: bool = True) -> float:
     """
     Check the value a schedule returned for the current progress (schedules are only evaluated during training).
+    Annealed values may reach 0 at the end of training (as rl-zoo3's ``lin_0.2`` does), so 0 is allowed by default.
 
     :param name: the parameter's name
     :param value: what the schedule returned
