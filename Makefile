@@ -1,0 +1,43 @@
+# Every target that runs code first builds .venv itself (torch CPU wheel first, then the project), so each
+# command works on a fresh machine with only Python 3.11 and pip.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup test test-fast compare lint format check-codestyle clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# The CPU build of torch first: an unpinned torch would pull several GB of CUDA packages
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[dev,benchmarks]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# The whole test suite (about 10 minutes on 2 cores)
+test: $(STAMP)
+	$(BIN)/python -m pytest tests -q --durations=15
+
+# Without the learning tests
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest tests -q -m "not expensive" --durations=15
+
+# The main job: a short side-by-side of our algorithms against SB3 PPO and sb3-contrib TRPO (scores and speed)
+compare: $(STAMP)
+	$(BIN)/python -m benchmarks compare
+
+lint: $(STAMP)
+	$(BIN)/ruff check sb3_trust tests benchmarks
+
+format: $(STAMP)
+	$(BIN)/ruff check --select I --fix sb3_trust tests benchmarks
+	$(BIN)/ruff format sb3_trust tests benchmarks
+
+check-codestyle: $(STAMP)
+	$(BIN)/ruff format --check sb3_trust tests benchmarks
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache
