@@ -58,6 +58,9 @@ def test_same_parameters_as_sb3_ppo(env_id, kwargs):
 
 def test_target_kl_actually_stops_early():
     """The early-stop case must stop early, otherwise its parity check proves nothing about early stopping."""
-    for env_id, kwargs in [("CartPole-v1", {"target_kl": 0.0005}), ("Pendulum-v1", {"clip_range_vf": 0.5, "target_kl": 0.0005})]:
+    for env_id, kwargs in [
+        ("CartPole-v1", {"target_kl": 0.0005}),
+        ("Pendulum-v1", {"clip_range_vf": 0.5, "target_kl": 0.0005}),
+    ]:
         model = _train(TrustPPO, env_id, kwargs)
         assert model._n_updates < 4 * 4  # 4 updates of 4 epochs each without early stopping

@@ -311,7 +311,9 @@ class TrustPPO(OnPolicyAlgorithm):
 
         if self.policy_loss == "kl_penalty":
             values, log_prob, entropy, distribution = evaluate_actions_with_distribution(
-                self.policy, rollout_data.observations, actions  # type: ignore[arg-type]
+                self.policy,
+                rollout_data.observations,
+                actions,  # type: ignore[arg-type]
             )
             with th.no_grad():
                 old_distribution = old_policy.get_distribution(rollout_data.observations)
@@ -386,7 +388,13 @@ class TrustPPO(OnPolicyAlgorithm):
             # Do a complete pass on the rollout buffer
             for rollout_data in self.rollout_buffer.get(self.batch_size):
                 loss, log_ratio = self._minibatch_loss(
-                    rollout_data, old_policy, clip_range, clip_range_vf, ent_coef, kl_coef, stats  # type: ignore[arg-type]
+                    rollout_data,
+                    old_policy,
+                    clip_range,
+                    clip_range_vf,
+                    ent_coef,
+                    kl_coef,
+                    stats,  # type: ignore[arg-type]
                 )
 
                 # SB3's early stopping on the k3 estimate of KL(π_old ‖ π_new), checked before the step
