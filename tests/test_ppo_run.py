@@ -40,7 +40,7 @@ def test_variants_on_every_action_space(space, variant):
     before = [p.clone() for p in model.policy.parameters()]
     model.learn(128)
     assert _finite(model)
-    assert any(not th.equal(a, b) for a, b in zip(before, model.policy.parameters()))
+    assert any(not th.equal(a, b) for a, b in zip(before, model.policy.parameters(), strict=True))
 
 
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
