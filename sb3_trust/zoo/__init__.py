@@ -1,0 +1,514 @@
+"""
+rl-zoo3 integration: ``python -m sb3_trust.zoo <command> <rl-zoo3 flags>`` (or the ``sb3-trust`` console script).
+
+The commands are rl-zoo3's own (``train``, ``enjoy``, ``record_video``, ``record_training``, ``plot_train``,
+``plot_from_file``, ``all_plots``), run unchanged after our algorithms have been registered under our own keys in
+rl-zoo3's tables at run time (rl-zoo3 itself is neither forked nor patched on disk):
+
+==================== =============== ===========================================================================
+key                  class           variant (set by ``hyperparams/<key>.yml``)
+==================== =============== ===========================================================================
+trust_ppo            TrustPPO        ``policy_loss: clip`` (PPO-clip)
+trust_ppo_kl         TrustPPO        ``policy_loss: kl_penalty`` + ``adaptive_kl_target`` (adaptive β)
+trust_ppo_kl_fixed   TrustPPO        ``policy_loss: kl_penalty``, fixed (or scheduled) ``kl_coef``
+trust_trpo           TrustTRPO       ``step_rule: line_search`` (TRPO)
+trust_npg            TrustNPG        ``step_rule: npg`` (natural policy gradient, no line search)
+==================== =============== ===========================================================================
+
+What ``train`` adds to rl-zoo3's (through ``TrustExperimentManager``, for our keys only):
+
+- ``--conf-file`` defaults to the ``hyperparams/<key>.yml`` shipped inside the installed package;
+- the settings that define a key's variant are filled in when a config leaves them out, with a warning when a config
+  contradicts them;
+- every config key must be a keyword of the algorithm or one of rl-zoo3's own keys, otherwise the run stops before
+  anything is built, naming the key (``ZooConfigError``);
+- schedule strings (``parse_schedule``): ``lin_<v>`` also for ``ent_coef`` and ``kl_coef``, and ``cos_<v>``,
+  ``lin_<start>_<end>``, ``cos_<start>_<end>`` for every schedule-capable key; ``lin_<v>`` becomes SB3's
+  ``LinearSchedule``, which stays at its end value when the last rollout overshoots ``n_timesteps`` (rl-zoo3's own
+  goes below 0 there);
+- ``batch_size`` larger than the rollout ``n_steps * n_envs`` is reduced to it with a warning (what SB3 PPO does in
+  effect; our classes reject it).
+"""
+
+import contextlib
+import difflib
+import importlib
+import inspect
+import re
+import runpy
+import subprocess
+import sys
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+try:
+    import rl_zoo3
+    import rl_zoo3.train
+    from rl_zoo3.exp_manager import ExperimentManager
+    from rl_zoo3.hyperparams_opt import HYPERPARAMS_CONVERTER, HYPERPARAMS_SAMPLER
+except ImportError as e:  # pragma: no cover - depends on the install
+    raise ImportError(
+        f"sb3_trust.zoo needs rl-zoo3 and its dependencies ({e}): install them with `pip install 'sb3-trust[zoo]'`"
+    ) from e
+from stable_baselines3.common.base_class import BaseAlgorithm
+
+from sb3_trust.common.schedules import CosineSchedule, linear_schedule
+from sb3_trust.zoo import samplers
+
+__all__ = [
+    "ZOO_ALGOS",
+    "TrustExperimentManager",
+    "ZooAlgo",
+    "ZooConfigError",
+    "check_hyperparams",
+    "default_config_path",
+    "main",
+    "parse_schedule",
+    "register_zoo",
+]
+
+
+class ZooConfigError(ValueError):
+    """A config (yml, ``--hyperparams``) that cannot work: raised before anything is built."""
+
+
+# Placeholder in ZooAlgo.variant: the key must be set to something other than None
+NOT_NONE = object()
+
+
+@dataclass(frozen=True)
+class ZooAlgo:
+    """
+    One rl-zoo3 key of ours.
+
+    :param key: the ``--algo`` value
+    :param module: module holding the class (imported lazily)
+    :param class_names: candidate class names, the first one that exists is used
+    :param defaults: settings that define the variant, filled in when the config leaves them out
+    :param variant: what a config must have to be this variant: ``{name: value}`` (``NOT_NONE``: any value but None)
+    :param description: one line for ``--help``
+    """
+
+    key: str
+    module: str
+    class_names: tuple[str, ...]
+    defaults: dict[str, Any] = field(default_factory=dict)
+    variant: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+    def load(self) -> type[BaseAlgorithm]:
+        """
+        :return: the algorithm class
+        :raise ImportError: if the module or the class is missing
+        """
+        module = importlib.import_module(self.module)
+        for name in self.class_names:
+            if hasattr(module, name):
+                return getattr(module, name)
+        raise ImportError(f"{self.module} has none of {', '.join(self.class_names)}")
+
+
+ZOO_ALGOS: dict[str, ZooAlgo] = {
+    algo.key: algo
+    for algo in (
+        ZooAlgo(
+            "trust_ppo",
+            "sb3_trust.ppo",
+            ("TrustPPO",),
+            defaults={"policy_loss": "clip"},
+            variant={"policy_loss": "clip"},
+            description="TrustPPO, clipped surrogate (PPO-clip)",
+        ),
+        ZooAlgo(
+            "trust_ppo_kl",
+            "sb3_trust.ppo",
+            ("TrustPPO",),
+            defaults={"policy_loss": "kl_penalty", "adaptive_kl_target": 0.01},
+            variant={"policy_loss": "kl_penalty", "adaptive_kl_target": NOT_NONE},
+            description="TrustPPO, KL penalty with adaptive β (policy_loss: kl_penalty + adaptive_kl_target)",
+        ),
+        ZooAlgo(
+            "trust_ppo_kl_fixed",
+            "sb3_trust.ppo",
+            ("TrustPPO",),
+            defaults={"policy_loss": "kl_penalty"},
+            variant={"policy_loss": "kl_penalty", "adaptive_kl_target": None},
+            description="TrustPPO, KL penalty with fixed β (policy_loss: kl_penalty, kl_coef)",
+        ),
+        ZooAlgo(
+            "trust_trpo",
+            "sb3_trust.trpo",
+            ("TrustTRPO",),
+            defaults={"step_rule": "line_search"},
+            variant={"step_rule": "line_search"},
+            description="TrustTRPO (trust region, conjugate gradient, line search)",
+        ),
+        ZooAlgo(
+            "trust_npg",
+            "sb3_trust.trpo",
+            ("TrustNPG", "TrustTRPO"),
+            defaults={"step_rule": "npg"},
+            variant={"step_rule": "npg"},
+            description="TrustNPG (natural policy gradient: TRPO's step without line search)",
+        ),
+    )
+}
+
+# Keys that rl-zoo3 reads from a config entry itself (they are not passed to the algorithm)
+ZOO_CONFIG_KEYS = (
+    "n_timesteps",
+    "n_envs",
+    "normalize",
+    "env_wrapper",
+    "vec_env_wrapper",
+    "frame_stack",
+    "callback",
+    "env_kwargs",
+    "monitor_kwargs",
+)
+# Keywords that rl-zoo3 passes to the algorithm from its command line: a config may not set them
+SET_BY_COMMAND_LINE = {
+    "env": "--env",
+    "seed": "--seed",
+    "verbose": "--verbose",
+    "device": "--device",
+    "tensorboard_log": "--tensorboard-log",
+    "_init_setup_model": "(internal)",
+}
+# Schedule-capable keys whose strings rl-zoo3 converts itself (only `lin_<v>`)
+ZOO_SCHEDULE_KEYS = ("learning_rate", "clip_range", "clip_range_vf", "delta_std")
+# Schedule-capable keys of ours that rl-zoo3 leaves alone
+EXTRA_SCHEDULE_KEYS = ("ent_coef", "kl_coef")
+
+_SCHEDULE_PATTERN = re.compile(r"(lin|cos)_([^_]+)(?:_([^_]+))?")
+
+# Keys whose class could not be imported, with the reason (filled by register_zoo)
+_UNAVAILABLE: dict[str, str] = {}
+
+
+def default_config_path(key: str) -> str:
+    """
+    :param key: one of ``ZOO_ALGOS``
+    :return: path of ``hyperparams/<key>.yml`` inside the installed package
+    """
+    return str(resources.files("sb3_trust").joinpath("hyperparams", f"{key}.yml"))
+
+
+def register_zoo() -> dict[str, type[BaseAlgorithm]]:
+    """
+    Register our keys in rl-zoo3's tables, in place: ``rl_zoo3.ALGOS`` (the dict that ``train``, ``enjoy``,
+    ``record_video`` and ``ExperimentManager`` look up), ``HYPERPARAMS_SAMPLER`` and ``HYPERPARAMS_CONVERTER``.
+    Idempotent. A key whose class cannot be imported (e.g. ``sb3_trust.trpo`` missing) is skipped; asking for it
+    then gives the reason.
+
+    :return: the registered keys and their classes
+    """
+    registered: dict[str, type[BaseAlgorithm]] = {}
+    for key, algo in ZOO_ALGOS.items():
+        try:
+            cls = algo.load()
+        except Exception as e:  # a module being written may fail in any way: keep the other keys working
+            _UNAVAILABLE[key] = f"{type(e).__name__}: {e}"
+            continue
+        _UNAVAILABLE.pop(key, None)
+        rl_zoo3.ALGOS[key] = cls
+        HYPERPARAMS_SAMPLER[key] = samplers.SAMPLERS[key]
+        HYPERPARAMS_CONVERTER[key] = samplers.CONVERTERS[key]
+        registered[key] = cls
+    return registered
+
+
+def parse_schedule(key: str, value: str) -> Callable[[float], float]:
+    """
+    Turn a schedule string into a (picklable) schedule of ``progress_remaining`` (1 at the start, 0 at the end):
+    ``lin_<start>`` / ``lin_<start>_<end>`` (linear, ``end`` defaults to 0, as rl-zoo3's ``lin_<v>``) or
+    ``cos_<start>`` / ``cos_<start>_<end>`` (cosine annealing).
+
+    :param key: the hyperparameter's name, for the error message
+    :param value: the string
+    :return: the schedule
+    :raise ZooConfigError: for a malformed string
+    """
+    match = _SCHEDULE_PATTERN.fullmatch(value.strip())
+    try:
+        assert match is not None
+        start = float(match.group(2))
+        end = float(match.group(3)) if match.group(3) is not None else 0.0
+    except (AssertionError, ValueError):
+        raise ZooConfigError(
+            f"`{key}: {value!r}` is not a number nor a schedule: use lin_<start>, lin_<start>_<end>, cos_<start> "
+            "or cos_<start>_<end> (e.g. lin_3e-4, cos_0.01_0.001)"
+        ) from None
+    if match.group(1) == "lin":
+        return linear_schedule(start, end)
+    return CosineSchedule(start, end)
+
+
+def accepted_keywords(cls: type) -> set[str] | None:
+    """
+    :param cls: an algorithm class
+    :return: the keyword names its constructor accepts (following ``**kwargs`` up the MRO), ``None`` if any name is
+        accepted
+    """
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        parameters = inspect.signature(init).parameters.values()
+        names.update(p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            return names - {"self"}
+    return None
+
+
+def check_hyperparams(key: str, cls: type, hyperparams: dict[str, Any], where: str = "") -> None:
+    """
+    Check that every key left after rl-zoo3's preprocessing is a keyword the algorithm accepts.
+
+    :param key: the ``--algo`` key
+    :param cls: its class
+    :param hyperparams: the hyperparameters that rl-zoo3 is about to pass to ``cls`` (its own keys removed)
+    :param where: where they come from, for the message
+    :raise ZooConfigError: naming each bad key
+    """
+    accepted = accepted_keywords(cls)
+    problems = []
+    if "policy" not in hyperparams:
+        problems.append("`policy` is missing (e.g. policy: 'MlpPolicy')")
+    if accepted is not None:
+        allowed = accepted - set(SET_BY_COMMAND_LINE)
+        for name in hyperparams:
+            if name in allowed:
+                continue
+            if name in SET_BY_COMMAND_LINE:
+                problems.append(f"`{name}` is set from the command line ({SET_BY_COMMAND_LINE[name]}), not from the config")
+            elif name == "normalize_kwargs":
+                problems.append("`normalize_kwargs` is not read by rl-zoo3: give `normalize` a dict instead")
+            elif name in ("noise_type", "noise_std"):
+                problems.append(f"`{name}` (action noise) is for off-policy algorithms, {cls.__name__} does not use it")
+            else:
+                close = difflib.get_close_matches(name, sorted(allowed | set(ZOO_CONFIG_KEYS)), n=1)
+                hint = f" (did you mean `{close[0]}`?)" if close else ""
+                problems.append(f"`{name}` is not a keyword of {cls.__name__}{hint}")
+    if problems:
+        keywords = ", ".join(sorted(accepted - set(SET_BY_COMMAND_LINE))) if accepted is not None else "any"
+        raise ZooConfigError(
+            f"invalid config for --algo {key}{where}:\n  - "
+            + "\n  - ".join(problems)
+            + f"\nAccepted: the keywords of {cls.__name__} ({keywords}) and rl-zoo3's own keys ({', '.join(ZOO_CONFIG_KEYS)})."
+        )
+
+
+def _variant_mismatches(algo: ZooAlgo, hyperparams: dict[str, Any], accepted: set[str] | None) -> list[str]:
+    mismatches = []
+    for name, required in algo.variant.items():
+        if accepted is not None and name not in accepted:
+            continue
+        value = hyperparams.get(name)
+        if (required is NOT_NONE and value is None) or (required is not NOT_NONE and value != required):
+            wanted = "a value" if required is NOT_NONE else repr(required)
+            mismatches.append(f"{name}={value!r} (the variant needs {wanted})")
+    return mismatches
+
+
+class TrustExperimentManager(ExperimentManager):
+    """
+    rl-zoo3's ``ExperimentManager`` with the additions listed in the module docstring, for our keys only; any other
+    ``--algo`` behaves exactly as in rl-zoo3.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if kwargs.get("config") is None and self._zoo_algo is not None:
+            self.config = default_config_path(self.algo)
+
+    @property
+    def _zoo_algo(self) -> ZooAlgo | None:
+        return ZOO_ALGOS.get(self.algo)
+
+    def read_hyperparameters(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        hyperparams, saved_hyperparams = super().read_hyperparameters()
+        algo = self._zoo_algo
+        if algo is None:
+            return hyperparams, saved_hyperparams
+        accepted = accepted_keywords(rl_zoo3.ALGOS[self.algo])
+        for name, value in algo.defaults.items():
+            if name not in hyperparams and (accepted is None or name in accepted):
+                hyperparams[name] = value
+                print(f"Setting {name}={value!r} (the variant of --algo {self.algo})")
+        mismatches = _variant_mismatches(algo, hyperparams, accepted)
+        if mismatches:
+            warnings.warn(
+                f"The config is not the variant of --algo {self.algo} ({algo.description}): {', '.join(mismatches)}. "
+                f"It will run as configured, but be logged under {self.log_folder}/{self.algo}/.",
+                UserWarning,
+            )
+        saved_hyperparams = OrderedDict((name, hyperparams[name]) for name in sorted(hyperparams))
+        return hyperparams, saved_hyperparams
+
+    def _preprocess_schedules(self, hyperparams: dict[str, Any]) -> dict[str, Any]:  # type: ignore[override]
+        if self._zoo_algo is None:
+            return super()._preprocess_schedules(hyperparams)
+        # Schedule strings are ours: rl-zoo3's `lin_<v>` (SimpleLinearSchedule) goes below 0 when the last rollout
+        # overshoots n_timesteps (a negative clip range or learning rate), which TrustPPO rejects; SB3's LinearSchedule
+        # stops at the end value. rl-zoo3 still wraps the constants in ConstantSchedule, and None is kept as is.
+        handled: dict[str, Any] = {}
+        for name in (*ZOO_SCHEDULE_KEYS, *EXTRA_SCHEDULE_KEYS):
+            if name not in hyperparams:
+                continue
+            value = hyperparams[name]
+            if value is None:  # e.g. clip_range_vf: None (no value clipping), which rl-zoo3 rejects
+                handled[name] = hyperparams.pop(name)
+            elif isinstance(value, str):
+                handled[name] = parse_schedule(name, hyperparams.pop(name))
+        hyperparams = super()._preprocess_schedules(hyperparams)
+        hyperparams.update(handled)
+        return hyperparams
+
+    def _preprocess_hyperparams(
+        self, hyperparams: dict[str, Any]
+    ) -> tuple[dict[str, Any], Callable | None, list, Callable | None]:
+        if self._zoo_algo is None:
+            return super()._preprocess_hyperparams(hyperparams)
+        if "n_timesteps" not in hyperparams and self.n_timesteps <= 0:
+            raise ZooConfigError(f"invalid config for --algo {self.algo} in {self.config}: `n_timesteps` is missing")
+        hyperparams.setdefault("n_timesteps", self.n_timesteps)
+        processed, env_wrapper, callbacks, vec_env_wrapper = super()._preprocess_hyperparams(hyperparams)
+        where = f" --env {self.env_name.gym_id} ({self.config})"
+        check_hyperparams(self.algo, rl_zoo3.ALGOS[self.algo], processed, where=where)
+        self._cap_batch_size(processed)
+        return processed, env_wrapper, callbacks, vec_env_wrapper
+
+    def _cap_batch_size(self, hyperparams: dict[str, Any]) -> None:
+        batch_size, n_steps = hyperparams.get("batch_size"), hyperparams.get("n_steps")
+        if isinstance(batch_size, int) and isinstance(n_steps, int) and batch_size > n_steps * self.n_envs:
+            warnings.warn(
+                f"batch_size={batch_size} is larger than the rollout n_steps * n_envs = {n_steps} * {self.n_envs}: "
+                f"using batch_size={n_steps * self.n_envs} (one minibatch per epoch, as SB3 PPO does in effect)",
+                UserWarning,
+            )
+            hyperparams["batch_size"] = n_steps * self.n_envs
+
+
+@contextlib.contextmanager
+def _patched(obj: Any, name: str, value: Any) -> Iterator[None]:
+    old = getattr(obj, name)
+    setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        setattr(obj, name, old)
+
+
+def _train() -> None:
+    # rl_zoo3.train builds its ExperimentManager from the name it imported: use ours for this call
+    with _patched(rl_zoo3.train, "ExperimentManager", TrustExperimentManager):
+        rl_zoo3.train.train()
+
+
+def _enjoy() -> None:
+    from rl_zoo3.enjoy import enjoy
+
+    enjoy()
+
+
+def _run_script(module: str) -> None:
+    # record_video and record_training only run under `if __name__ == "__main__"`
+    runpy.run_module(module, run_name="__main__", alter_sys=False)
+
+
+def _record_training() -> None:
+    # rl-zoo3's record_training runs `python -m rl_zoo3.record_video ...` in subprocesses, where our keys are not
+    # registered: send those calls through this entry point instead
+    original_call = subprocess.call
+
+    def call(command: Any, *args: Any, **kwargs: Any) -> int:
+        if isinstance(command, list) and command[1:3] == ["-m", "rl_zoo3.record_video"]:
+            command = [sys.executable, "-m", "sb3_trust.zoo", "record_video", *command[3:]]
+        return original_call(command, *args, **kwargs)
+
+    with _patched(subprocess, "call", call):
+        _run_script("rl_zoo3.record_training")
+
+
+def _plot(name: str) -> Callable[[], None]:
+    def run() -> None:
+        from rl_zoo3 import plots
+
+        getattr(plots, name)()
+
+    return run
+
+
+COMMANDS: dict[str, Callable[[], None]] = {
+    "train": _train,
+    "enjoy": _enjoy,
+    "record_video": lambda: _run_script("rl_zoo3.record_video"),
+    "record_training": _record_training,
+    "plot_train": _plot("plot_train"),
+    "plot_from_file": _plot("plot_from_file"),
+    "all_plots": _plot("all_plots"),
+}
+
+
+def _usage() -> str:
+    lines = [
+        "usage: python -m sb3_trust.zoo {" + ",".join(COMMANDS) + "} [rl-zoo3 flags]",
+        "       (or: sb3-trust ...)",
+        "",
+        "Runs rl-zoo3's command with the sb3_trust algorithms registered; `<command> -h` lists its flags.",
+        "Keys (--algo):",
+    ]
+    for key, algo in ZOO_ALGOS.items():
+        status = f"  [unavailable: {_UNAVAILABLE[key]}]" if key in _UNAVAILABLE else ""
+        lines.append(f"  {key:<20}{algo.description}{status}")
+    lines.append("Without --conf-file, the config of a key is the packaged hyperparams/<key>.yml.")
+    return "\n".join(lines)
+
+
+def _requested_algo(argv: Sequence[str]) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == "--algo" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--algo="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _fail(command: str, message: str) -> None:
+    print(f"sb3-trust {command}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """
+    Entry point: ``python -m sb3_trust.zoo <command> <rl-zoo3 flags>``.
+
+    :param argv: the arguments (default: ``sys.argv[1:]``), the first one being the command
+    :raise SystemExit: with status 2 on bad input (unknown command, unknown ``--algo``, bad config)
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    register_zoo()
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        _fail(command, f"unknown command {command!r}, choose from: {', '.join(COMMANDS)}\n\n{_usage()}")
+    algo = _requested_algo(rest)
+    if algo in _UNAVAILABLE:
+        _fail(command, f"--algo {algo} is not available: its class could not be imported ({_UNAVAILABLE[algo]})")
+
+    saved_argv = sys.argv
+    sys.argv = [f"sb3-trust {command}", *rest]
+    try:
+        COMMANDS[command]()
+    except ZooConfigError as e:
+        _fail(command, str(e))
+    finally:
+        sys.argv = saved_argv
