@@ -1,0 +1,547 @@
+import copy
+import math
+import warnings
+from typing import Any, ClassVar, Literal, NamedTuple, TypeVar
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.distributions import Distribution, kl_divergence
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorchObs, Schedule
+from stable_baselines3.common.utils import explained_variance
+from torch.nn import functional as F
+
+from sb3_trust.common.kl import exact_kl
+from sb3_trust.common.trust_region import (
+    LineSearchResult,
+    apply_fixed_step,
+    backtracking_line_search,
+    conjugate_gradient,
+    fisher_vector_product_fn,
+    flat_grad,
+    max_step_size,
+)
+from sb3_trust.common.validation import (
+    check_action_space,
+    check_choice,
+    check_common_on_policy_kwargs,
+    check_number,
+    check_rollout_sizes,
+)
+from sb3_trust.trpo.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
+
+SelfTrustTRPO = TypeVar("SelfTrustTRPO", bound="TrustTRPO")
+
+KLConvention = Literal["paper", "contrib"]
+StepRule = Literal["line_search", "npg"]
+KL_CONVENTIONS = ("paper", "contrib")
+STEP_RULES = ("line_search", "npg")
+
+
+class _ActorBatch(NamedTuple):
+    observations: PyTorchObs
+    actions: th.Tensor
+    old_log_prob: th.Tensor
+    advantages: th.Tensor
+
+
+class _ActorStepStats(NamedTuple):
+    policy_objective: float
+    step: LineSearchResult
+    kl: float  # KL(π_old ‖ π_new) summed over action dims, mean over states, of the step applied
+    step_size: float
+    cg_residual: float
+    skipped: bool
+
+
+class TrustTRPO(OnPolicyAlgorithm):
+    """
+    Trust Region Policy Optimization (TRPO), and the natural policy gradient (NPG) with ``step_rule="npg"``.
+
+    Papers: https://arxiv.org/abs/1502.05477 (TRPO), https://papers.nips.cc/paper/2073 (NPG, Kakade 2001)
+    Reference implementation: sb3-contrib's ``TRPO`` 2.9, whose keywords this class accepts with the same meaning and
+    defaults; with ``kl_convention="contrib"`` it reproduces contrib's updates (same RNG use, same operations).
+
+    One update (``train()``) is:
+
+    1. **Actor step** on the whole rollout (every ``sub_sampling_factor``-th sample of it, in the buffer's shuffled
+       order). Advantages are normalised over that batch (mean 0, std 1) *before* the step, as in contrib.
+       With ``g`` the gradient of the surrogate ``mean(A · π(a|s) / π_old(a|s))``, CG solves ``(F + cg_damping I) s = g``
+       (``cg_max_steps`` iterations), where ``F`` is the Hessian of the mean KL at θ_old (the Fisher matrix), applied by
+       double backpropagation. The maximal step is ``β = sqrt(2 δ / sᵀ F s)`` with δ = ``target_kl``.
+
+       - ``step_rule="line_search"`` (TRPO): try ``θ_old + α β s`` for ``α = 1, c, c², …`` (``c`` =
+         ``line_search_shrinking_factor``, ``line_search_max_iter`` tries) and keep the first step whose mean KL is
+         within δ **and** that improves the surrogate. If none is accepted, the actor parameters are restored exactly.
+       - ``step_rule="npg"`` (NPG): take the step ``θ_old + β s`` with no line search (the KL is ≈ δ only to second
+         order, and the surrogate may decrease).
+
+    2. **Critic step**: ``n_critic_updates`` epochs of minibatch (``batch_size``) MSE regression of ``V(s)`` on the
+       returns, with the policy's optimizer (Adam, learning rate ``learning_rate``). The actor parameters (below) are
+       frozen during this step (no gradient is even computed for them), so the critic never moves the actor.
+
+    **KL convention** (``kl_convention``), used by the trust region, the Fisher matrix and the line search:
+
+    - ``"paper"`` (default): KL(π_old ‖ π_new) **summed** over action dimensions, averaged over states. The line search
+      accepts ``kl <= target_kl`` and CG starts from zero.
+    - ``"contrib"``: sb3-contrib's ``kl_divergence(π_new, π_old).mean()``, i.e. KL(π_new ‖ π_old) **averaged** over
+      states *and* action dimensions for Gaussian (and Bernoulli) actions, so δ is a per-dimension radius there
+      (Categorical and MultiDiscrete KLs are summed over dimensions in both conventions). The line search accepts
+      ``kl < target_kl`` and CG starts at ``1e-4 * randn`` (consuming the torch RNG) as contrib does.
+
+    Both KL directions have the same Hessian at θ_old, so they differ only in the line-search test and, for
+    Gaussians, by the factor ``1 / action_dim``.
+
+    ``target_kl`` is the **trust-region radius δ**, not an early-stopping threshold as in PPO.
+
+    **Actor parameters** are found structurally at every update: the policy parameters (in ``policy.parameters()``
+    order) on which the mean KL has a gradient (autograd graph), i.e. everything the action distribution depends on,
+    whatever the parameters are called (contrib additionally drops any parameter whose name contains ``"value"``).
+    With a *shared* features extractor (``share_features_extractor=True``, the default) the extractor's parameters
+    (none for ``MlpPolicy``'s ``Flatten``, the CNN for ``CnnPolicy``) are actor parameters: they move with the
+    trust-region step and are frozen during the critic step, which is what contrib effectively does. With
+    ``share_features_extractor=False`` the critic trains its own extractor.
+
+    **Non-finite values**: if the surrogate, its gradient, the CG solution or ``sᵀ F s`` is not finite (or
+    ``sᵀ F s <= 0``), the actor step is skipped, a warning is emitted and the counter ``train/actor_step_skipped`` is
+    increased; a critic minibatch with a non-finite loss is skipped the same way (``train/critic_step_skipped``).
+
+    Logged diagnostics (``train/…``): ``policy_objective`` (surrogate after the step), ``kl`` (mean
+    KL(π_old ‖ π_new) summed over action dims of the step applied, 0 if none), ``kl_divergence_loss`` (contrib's key:
+    the same for the configured convention), ``surrogate_improvement``, ``expected_improvement`` (``gᵀ Δθ``),
+    ``is_line_search_success``, ``line_search_backtracks``, ``step_size`` (``α β``, 0 if no step), ``cg_residual``
+    (``‖g - (F + λI) s‖``), ``value_loss``, ``explained_variance``, ``std`` (with a ``log_std``), ``n_updates``,
+    ``actor_step_skipped`` (total since the model was created) and ``critic_step_skipped`` (this update).
+
+    :param policy: The policy model to use (MlpPolicy, CnnPolicy, ...)
+    :param env: The environment to learn from (if registered in Gym, can be str)
+    :param learning_rate: The learning rate for the value function, it can be a function
+        of the current progress remaining (from 1 to 0)
+    :param n_steps: The number of steps to run for each environment per update
+        (i.e. rollout buffer size is n_steps * n_envs where n_envs is number of environment copies running in parallel)
+        NOTE: n_steps * n_envs must be greater than 1 (because of the advantage normalization)
+    :param batch_size: Minibatch size for the value function
+    :param gamma: Discount factor
+    :param cg_max_steps: maximum number of steps in the Conjugate Gradient algorithm
+        for computing the Hessian vector product
+    :param cg_damping: damping in the Hessian vector product computation
+    :param line_search_shrinking_factor: step-size reduction factor for the line-search
+        (i.e., ``theta_new = theta + alpha^i * step``), in (0, 1)
+    :param line_search_max_iter: maximum number of iteration for the backtracking line-search
+    :param n_critic_updates: number of critic updates (epochs over the rollout) per policy update
+    :param gae_lambda: Factor for trade-off of bias vs variance for Generalized Advantage Estimator
+    :param use_sde: Whether to use generalized State Dependent Exploration (gSDE)
+        instead of action noise exploration (default: False)
+    :param sde_sample_freq: Sample a new noise matrix every n steps when using gSDE
+        Default: -1 (only sample at the beginning of the rollout)
+    :param rollout_buffer_class: Rollout buffer class to use. If ``None``, it will be automatically selected.
+    :param rollout_buffer_kwargs: Keyword arguments to pass to the rollout buffer on creation
+    :param normalize_advantage: Whether to normalize or not the advantage
+    :param target_kl: The trust-region radius δ: bound on the mean KL between the old and the new policy
+        (see ``kl_convention``). Should be small for stability. Values like 0.01, 0.05.
+    :param sub_sampling_factor: Sub-sample the batch for the actor step to make computation faster
+        see p40-42 of John Schulman thesis http://joschu.net/docs/thesis.pdf
+    :param stats_window_size: Window size for the rollout logging, specifying the number of episodes to average
+        the reported success rate, mean episode length, and mean reward over
+    :param tensorboard_log: the log location for tensorboard (if None, no logging)
+    :param policy_kwargs: additional arguments to be passed to the policy on creation
+    :param verbose: the verbosity level: 0 no output, 1 info, 2 debug
+    :param seed: Seed for the pseudo random generators
+    :param device: Device (cpu, cuda, ...) on which the code should be run.
+        Setting it to auto, the code will be run on the GPU if possible.
+    :param _init_setup_model: Whether or not to build the network at the creation of the instance
+    :param kl_convention: ``"paper"`` (KL(π_old ‖ π_new) summed over action dims, ``kl <= δ``, CG from zero) or
+        ``"contrib"`` (sb3-contrib's KL(π_new ‖ π_old) averaged over action dims, ``kl < δ``, random CG start)
+    :param step_rule: ``"line_search"`` (TRPO) or ``"npg"`` (natural policy gradient: fixed step
+        ``sqrt(2 δ / sᵀ F s)``, no line search; ``line_search_*`` are then unused)
+    """
+
+    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
+        "MlpPolicy": MlpPolicy,
+        "CnnPolicy": CnnPolicy,
+        "MultiInputPolicy": MultiInputPolicy,
+    }
+
+    def __init__(
+        self,
+        policy: str | type[ActorCriticPolicy],
+        env: GymEnv | str,
+        learning_rate: float | Schedule = 1e-3,
+        n_steps: int = 2048,
+        batch_size: int = 128,
+        gamma: float = 0.99,
+        cg_max_steps: int = 15,
+        cg_damping: float = 0.1,
+        line_search_shrinking_factor: float = 0.8,
+        line_search_max_iter: int = 10,
+        n_critic_updates: int = 10,
+        gae_lambda: float = 0.95,
+        use_sde: bool = False,
+        sde_sample_freq: int = -1,
+        rollout_buffer_class: type[RolloutBuffer] | None = None,
+        rollout_buffer_kwargs: dict[str, Any] | None = None,
+        normalize_advantage: bool = True,
+        target_kl: float = 0.01,
+        sub_sampling_factor: int = 1,
+        stats_window_size: int = 100,
+        tensorboard_log: str | None = None,
+        policy_kwargs: dict[str, Any] | None = None,
+        verbose: int = 0,
+        seed: int | None = None,
+        device: th.device | str = "auto",
+        _init_setup_model: bool = True,
+        *,
+        kl_convention: KLConvention = "paper",
+        step_rule: StepRule = "line_search",
+    ):
+        # Checked before anything is built, so that a wrong setting fails before the env is created
+        check_common_on_policy_kwargs(
+            learning_rate=learning_rate,
+            n_steps=n_steps,
+            batch_size=batch_size,
+            gamma=gamma,
+            gae_lambda=gae_lambda,
+            normalize_advantage=normalize_advantage,
+            use_sde=use_sde,
+            sde_sample_freq=sde_sample_freq,
+            stats_window_size=stats_window_size,
+        )
+        check_number("cg_max_steps", cg_max_steps, low=1, integer=True)
+        check_number("cg_damping", cg_damping, low=0.0)
+        check_number(
+            "line_search_shrinking_factor",
+            line_search_shrinking_factor,
+            low=0.0,
+            high=1.0,
+            low_inclusive=False,
+            high_inclusive=False,
+        )
+        check_number("line_search_max_iter", line_search_max_iter, low=1, integer=True)
+        check_number("n_critic_updates", n_critic_updates, low=0, integer=True)
+        check_number("target_kl", target_kl, low=0.0, low_inclusive=False)
+        check_number("sub_sampling_factor", sub_sampling_factor, low=1, integer=True)
+        check_choice("kl_convention", kl_convention, KL_CONVENTIONS)
+        check_choice("step_rule", step_rule, STEP_RULES)
+        if rollout_buffer_kwargs is not None and not isinstance(rollout_buffer_kwargs, dict):
+            raise TypeError(f"`rollout_buffer_kwargs` must be a dict or None, got {rollout_buffer_kwargs!r}")
+
+        super().__init__(
+            policy,
+            env,
+            learning_rate=learning_rate,
+            n_steps=n_steps,
+            gamma=gamma,
+            gae_lambda=gae_lambda,
+            ent_coef=0.0,  # entropy bonus is not used by TRPO
+            vf_coef=0.0,  # value function is optimized separately
+            max_grad_norm=0.0,
+            use_sde=use_sde,
+            sde_sample_freq=sde_sample_freq,
+            rollout_buffer_class=rollout_buffer_class,
+            rollout_buffer_kwargs=rollout_buffer_kwargs,
+            stats_window_size=stats_window_size,
+            tensorboard_log=tensorboard_log,
+            policy_kwargs=policy_kwargs,
+            verbose=verbose,
+            device=device,
+            seed=seed,
+            _init_setup_model=False,
+            # Checked below with a TypeError instead of SB3's assert
+            supported_action_spaces=None,
+        )
+        # env is None when called from `load()`
+        if self.env is not None:
+            check_action_space(self.action_space, type(self).__name__)
+            check_rollout_sizes(n_steps, self.env.num_envs, batch_size, normalize_advantage)
+            actor_batch_size = math.ceil(n_steps * self.env.num_envs / sub_sampling_factor)
+            if normalize_advantage and actor_batch_size < 2:
+                raise ValueError(
+                    f"`sub_sampling_factor` = {sub_sampling_factor} leaves {actor_batch_size} sample(s) of the "
+                    f"n_steps * n_envs = {n_steps * self.env.num_envs} for the actor step: at least 2 are needed "
+                    "when `normalize_advantage=True`"
+                )
+
+        self.normalize_advantage = normalize_advantage
+        self.batch_size = batch_size
+        # Conjugate gradients parameters
+        self.cg_max_steps = cg_max_steps
+        self.cg_damping = cg_damping
+        # Backtracking line search parameters
+        self.line_search_shrinking_factor = line_search_shrinking_factor
+        self.line_search_max_iter = line_search_max_iter
+        self.target_kl = target_kl
+        self.n_critic_updates = n_critic_updates
+        self.sub_sampling_factor = sub_sampling_factor
+        self.kl_convention = kl_convention
+        self.step_rule = step_rule
+        # Training state: created here (not in `_setup_model`) so that `load()` restores it
+        self._n_actor_steps_skipped = 0
+
+        if _init_setup_model:
+            self._setup_model()
+
+    def _constraint_kl(self, old_distribution: Distribution, distribution: Distribution) -> th.Tensor:
+        """
+        The mean KL that the trust region bounds, in the configured convention (see the class docstring).
+
+        :param old_distribution: π_old (detached)
+        :param distribution: π_new
+        :return: scalar
+        """
+        if self.kl_convention == "paper":
+            return exact_kl(old_distribution, distribution).mean()
+        return kl_divergence(distribution, old_distribution).mean()
+
+    def _actor_batch(self) -> _ActorBatch:
+        """
+        The whole rollout as one batch (optionally sub-sampled), with normalised advantages.
+        """
+        # `get` shuffles even the full batch: drawing this permutation keeps the numpy RNG (critic minibatches) in step
+        # with sb3-contrib, and the sub-sample is a random one
+        rollout_data = next(self.rollout_buffer.get(batch_size=None))
+        observations = rollout_data.observations
+        actions = rollout_data.actions
+        old_log_prob = rollout_data.old_log_prob
+        advantages = rollout_data.advantages
+        if self.sub_sampling_factor > 1:
+            every = self.sub_sampling_factor
+            if isinstance(observations, dict):
+                observations = {key: obs[::every] for key, obs in observations.items()}
+            else:
+                observations = observations[::every]
+            actions, old_log_prob, advantages = actions[::every], old_log_prob[::every], advantages[::every]
+        if isinstance(self.action_space, spaces.Discrete):
+            # Convert discrete action from float to long
+            actions = actions.long().flatten()
+        if self.normalize_advantage:
+            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        return _ActorBatch(observations, actions, old_log_prob, advantages)
+
+    def _skip_actor_step(self, what: str, policy_objective: float, cg_residual: float = math.nan) -> _ActorStepStats:
+        self._n_actor_steps_skipped += 1
+        warnings.warn(
+            f"{type(self).__name__}: non-finite {what} at update {self._n_updates + 1}, the actor step is skipped "
+            f"({self._n_actor_steps_skipped} skipped so far, see `train/actor_step_skipped`)"
+        )
+        no_step = LineSearchResult(False, 0, 0.0, 0.0, 0.0, 0.0)
+        return _ActorStepStats(policy_objective, no_step, 0.0, 0.0, cg_residual, True)
+
+    def _actor_step(self, batch: _ActorBatch) -> tuple[list[th.Tensor], _ActorStepStats]:
+        """
+        One natural-gradient step of the actor (line search or NPG), in place.
+
+        :param batch: the actor batch
+        :return: the actor parameters, and the step's statistics
+        """
+        observations, actions, old_log_prob, advantages = batch
+        with th.no_grad():
+            # copy: SB3 reuses one distribution object per policy, the next forward pass would overwrite it
+            old_distribution = copy.copy(self.policy.get_distribution(observations))
+        distribution = self.policy.get_distribution(observations)
+        ratio = th.exp(distribution.log_prob(actions) - old_log_prob)
+        policy_objective = (advantages * ratio).mean()
+        kl = self._constraint_kl(old_distribution, distribution)
+
+        # Actor parameters, found structurally: those the action distribution (hence the KL) depends on
+        params = [param for param in self.policy.parameters() if param.requires_grad]
+        if self.kl_convention == "paper":
+            kl_grads = th.autograd.grad(kl, params, create_graph=True, allow_unused=True)
+        else:
+            # One backward pass per parameter, as contrib: the double-backward graph then has the same structure, so the
+            # Fisher-vector products are bit-identical to contrib's (one pass for all differs in the last bits)
+            kl_grads = tuple(
+                th.autograd.grad(kl, param, create_graph=True, retain_graph=True, allow_unused=True)[0] for param in params
+            )
+        actor_params = [param for param, grad in zip(params, kl_grads, strict=True) if grad is not None]
+        if not actor_params:
+            raise RuntimeError(f"{type(self).__name__}: the action distribution does not depend on any trainable parameter")
+        grad_kl = th.cat([grad.reshape(-1) for grad in kl_grads if grad is not None])
+        objective_grad = flat_grad(policy_objective, actor_params, retain_graph=True)
+
+        objective_before = policy_objective.item()
+        if not (math.isfinite(objective_before) and bool(th.isfinite(objective_grad).all())):
+            return actor_params, self._skip_actor_step("surrogate objective or gradient", objective_before)
+
+        # Search direction s ≈ (F + λI)⁻¹ g
+        fisher_vector_product = fisher_vector_product_fn(grad_kl, actor_params, self.cg_damping)
+        # contrib starts CG from small noise (instability when the gradient is tiny); this consumes the torch RNG
+        x0 = 1e-4 * th.randn_like(objective_grad) if self.kl_convention == "contrib" else None
+        search_direction, cg_residual = conjugate_gradient(
+            fisher_vector_product, objective_grad, max_iter=self.cg_max_steps, x0=x0
+        )
+        if not bool(th.isfinite(search_direction).all()):
+            return actor_params, self._skip_actor_step("conjugate-gradient solution", objective_before, cg_residual)
+        step = max_step_size(self.target_kl, search_direction, fisher_vector_product(search_direction))
+        if step is None:
+            if not bool(search_direction.any()):
+                # Zero gradient: nothing to do, not an error
+                no_step = LineSearchResult(False, 0, 0.0, 0.0, 0.0, 0.0)
+                return actor_params, _ActorStepStats(objective_before, no_step, 0.0, 0.0, cg_residual, False)
+            return actor_params, self._skip_actor_step("or non-positive sᵀFs", objective_before, cg_residual)
+        expected_improvement_rate = float(objective_grad.dot(search_direction))
+
+        paper_kl: list[float] = [0.0]  # KL(π_old ‖ π_new) summed over action dims, of the last evaluated step
+
+        def evaluate() -> tuple[th.Tensor, th.Tensor]:
+            new_distribution = self.policy.get_distribution(observations)
+            new_ratio = th.exp(new_distribution.log_prob(actions) - old_log_prob)
+            constraint_kl = self._constraint_kl(old_distribution, new_distribution)
+            if self.kl_convention != "paper":
+                paper_kl[0] = exact_kl(old_distribution, new_distribution).mean().item()
+            return (advantages * new_ratio).mean(), constraint_kl
+
+        if self.step_rule == "npg":
+            result = apply_fixed_step(
+                actor_params,
+                search_direction,
+                step,
+                evaluate,
+                objective_before,
+                expected_improvement_rate=expected_improvement_rate,
+            )
+        else:
+            result = backtracking_line_search(
+                actor_params,
+                search_direction,
+                step,
+                evaluate,
+                objective_before,
+                self.target_kl,
+                expected_improvement_rate=expected_improvement_rate,
+                shrinking_factor=self.line_search_shrinking_factor,
+                max_iter=self.line_search_max_iter,
+                strict_kl=self.kl_convention == "contrib",
+            )
+        if not result.success:
+            return actor_params, _ActorStepStats(objective_before, result, 0.0, 0.0, cg_residual, False)
+        accepted_kl = result.kl if self.kl_convention == "paper" else paper_kl[0]
+        stats = _ActorStepStats(
+            objective_before + result.surrogate_improvement,
+            result,
+            accepted_kl,
+            result.step_fraction * step,
+            cg_residual,
+            False,
+        )
+        return actor_params, stats
+
+    def _critic_step(self, actor_params: list[th.Tensor]) -> tuple[list[float], int]:
+        """
+        ``n_critic_updates`` epochs of minibatch MSE regression of the value function on the returns.
+        The actor parameters are frozen meanwhile, so that the shared optimizer cannot move them
+        (contrib computes their gradients and sets them to ``None`` before the step: same result).
+
+        :param actor_params: the parameters of the actor step
+        :return: the minibatch losses, and the number of minibatches skipped because of a non-finite loss
+        """
+        value_losses: list[float] = []
+        n_skipped = 0
+        requires_grad = [param.requires_grad for param in actor_params]
+        for param in actor_params:
+            param.requires_grad_(False)
+        try:
+            for _ in range(self.n_critic_updates):
+                for rollout_data in self.rollout_buffer.get(self.batch_size):
+                    values_pred = self.policy.predict_values(rollout_data.observations)
+                    value_loss = F.mse_loss(rollout_data.returns, values_pred.flatten())
+                    value_losses.append(value_loss.item())
+                    if not value_loss.requires_grad:
+                        continue  # the critic has no parameter of its own
+                    if not math.isfinite(value_losses[-1]):
+                        n_skipped += 1
+                        continue
+                    self.policy.optimizer.zero_grad()
+                    value_loss.backward()
+                    self.policy.optimizer.step()
+        finally:
+            for param, flag in zip(actor_params, requires_grad, strict=True):
+                param.requires_grad_(flag)
+        if n_skipped > 0:
+            warnings.warn(
+                f"{type(self).__name__}: non-finite value loss in {n_skipped} critic minibatch(es) at update "
+                f"{self._n_updates + 1}, skipped (see `train/critic_step_skipped`)"
+            )
+        return value_losses, n_skipped
+
+    def train(self) -> None:
+        """
+        Update policy using the currently gathered rollout buffer.
+        """
+        # Switch to train mode (this affects batch norm / dropout)
+        self.policy.set_training_mode(True)
+        # Update optimizer learning rate
+        self._update_learning_rate(self.policy.optimizer)
+
+        actor_params, actor_stats = self._actor_step(self._actor_batch())
+        value_losses, n_critic_skipped = self._critic_step(actor_params)
+
+        self._n_updates += 1
+        explained_var = explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten())
+
+        step = actor_stats.step
+        self.logger.record("train/policy_objective", actor_stats.policy_objective)
+        self.logger.record("train/kl", actor_stats.kl)
+        self.logger.record("train/kl_divergence_loss", step.kl)
+        self.logger.record("train/surrogate_improvement", step.surrogate_improvement)
+        self.logger.record("train/expected_improvement", step.expected_improvement)
+        self.logger.record("train/is_line_search_success", float(step.success))
+        self.logger.record("train/line_search_backtracks", step.n_backtracks)
+        self.logger.record("train/step_size", actor_stats.step_size)
+        self.logger.record("train/cg_residual", actor_stats.cg_residual)
+        self.logger.record("train/actor_step_skipped", self._n_actor_steps_skipped)
+        self.logger.record("train/critic_step_skipped", n_critic_skipped)
+        if value_losses:
+            self.logger.record("train/value_loss", np.mean(value_losses))
+        self.logger.record("train/explained_variance", explained_var)
+        if hasattr(self.policy, "log_std"):
+            self.logger.record("train/std", th.exp(self.policy.log_std).mean().item())
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+
+    def learn(
+        self: SelfTrustTRPO,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        log_interval: int = 1,
+        tb_log_name: str = "TrustTRPO",
+        reset_num_timesteps: bool = True,
+        progress_bar: bool = False,
+    ) -> SelfTrustTRPO:
+        return super().learn(
+            total_timesteps=total_timesteps,
+            callback=callback,
+            log_interval=log_interval,
+            tb_log_name=tb_log_name,
+            reset_num_timesteps=reset_num_timesteps,
+            progress_bar=progress_bar,
+        )
+
+
+class TrustNPG(TrustTRPO):
+    """
+    Natural policy gradient: ``TrustTRPO`` with ``step_rule="npg"`` by default (fixed step ``sqrt(2 δ / sᵀ F s)``
+    along the CG direction, no line search). All keywords are those of ``TrustTRPO``; see its docstring.
+    """
+
+    def __init__(self, *args: Any, step_rule: StepRule = "npg", **kwargs: Any):
+        super().__init__(*args, step_rule=step_rule, **kwargs)
+
+    def learn(
+        self: SelfTrustTRPO,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        log_interval: int = 1,
+        tb_log_name: str = "TrustNPG",
+        reset_num_timesteps: bool = True,
+        progress_bar: bool = False,
+    ) -> SelfTrustTRPO:
+        return super().learn(
+            total_timesteps=total_timesteps,
+            callback=callback,
+            log_interval=log_interval,
+            tb_log_name=tb_log_name,
+            reset_num_timesteps=reset_num_timesteps,
+            progress_bar=progress_bar,
+        )
