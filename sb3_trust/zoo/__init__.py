@@ -304,10 +304,19 @@ def check_hyperparams(key: str, cls: type, hyperparams: dict[str, Any], where: s
         )
 
 
-def _variant_mismatches(algo: ZooAlgo, hyperparams: dict[str, Any], accepted: set[str] | None) -> list[str]:
+def _variant_mismatches(
+    algo: ZooAlgo, hyperparams: dict[str, Any], accepted: set[str] | None, only_set: bool = False
+) -> list[str]:
+    """
+    :param algo: the key
+    :param hyperparams: the config
+    :param accepted: the keywords of the algorithm (``None``: any)
+    :param only_set: only look at the keys that the config sets
+    :return: the settings that contradict the key's variant
+    """
     mismatches = []
     for name, required in algo.variant.items():
-        if accepted is not None and name not in accepted:
+        if (accepted is not None and name not in accepted) or (only_set and name not in hyperparams):
             continue
         value = hyperparams.get(name)
         if (required is NOT_NONE and value is None) or (required is not NOT_NONE and value != required):
@@ -337,17 +346,21 @@ class TrustExperimentManager(ExperimentManager):
         if algo is None:
             return hyperparams, saved_hyperparams
         accepted = accepted_keywords(rl_zoo3.ALGOS[self.algo])
-        for name, value in algo.defaults.items():
-            if name not in hyperparams and (accepted is None or name in accepted):
-                hyperparams[name] = value
-                print(f"Setting {name}={value!r} (the variant of --algo {self.algo})")
-        mismatches = _variant_mismatches(algo, hyperparams, accepted)
+        # A config that sets the variant's keys otherwise runs as configured (with a warning); one that leaves them
+        # out gets the variant's defaults
+        explicit = {name: value for name, value in hyperparams.items() if name in algo.variant}
+        mismatches = _variant_mismatches(algo, explicit, accepted, only_set=True)
         if mismatches:
             warnings.warn(
                 f"The config is not the variant of --algo {self.algo} ({algo.description}): {', '.join(mismatches)}. "
                 f"It will run as configured, but be logged under {self.log_folder}/{self.algo}/.",
                 UserWarning,
             )
+        else:
+            for name, value in algo.defaults.items():
+                if name not in hyperparams and (accepted is None or name in accepted):
+                    hyperparams[name] = value
+                    print(f"Setting {name}={value!r} (the variant of --algo {self.algo})")
         saved_hyperparams = OrderedDict((name, hyperparams[name]) for name in sorted(hyperparams))
         return hyperparams, saved_hyperparams
 
@@ -379,7 +392,8 @@ class TrustExperimentManager(ExperimentManager):
             raise ZooConfigError(f"invalid config for --algo {self.algo} in {self.config}: `n_timesteps` is missing")
         hyperparams.setdefault("n_timesteps", self.n_timesteps)
         processed, env_wrapper, callbacks, vec_env_wrapper = super()._preprocess_hyperparams(hyperparams)
-        where = f" --env {self.env_name.gym_id} ({self.config})"
+        sources = self.config + (" and --hyperparams" if self.custom_hyperparams else "")
+        where = f" --env {self.env_name.gym_id} (from {sources})"
         check_hyperparams(self.algo, rl_zoo3.ALGOS[self.algo], processed, where=where)
         self._cap_batch_size(processed)
         return processed, env_wrapper, callbacks, vec_env_wrapper

@@ -1,0 +1,472 @@
+"""
+rl-zoo3 integration (``python -m sb3_trust.zoo``): train / enjoy / record_video for every key, ``--optimize`` into a
+sqlite storage, the samplers, the packaged configs and the bad-input errors.
+
+The commands run in-process through ``sb3_trust.zoo.main`` (faster than a subprocess), except where the entry point
+itself or ``--vec-env subproc`` is tested. Budgets are tiny (a few hundred steps, ``n_steps: 64``). Each test has its
+own ``-f`` folder: rl-zoo3 numbers a run by counting the runs already in it.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("rl_zoo3")
+optuna = pytest.importorskip("optuna")
+
+import rl_zoo3  # noqa: E402
+import yaml  # noqa: E402
+from rl_zoo3.hyperparams_opt import HYPERPARAMS_CONVERTER, HYPERPARAMS_SAMPLER  # noqa: E402
+from stable_baselines3.common.callbacks import BaseCallback  # noqa: E402
+from stable_baselines3.common.env_util import make_vec_env  # noqa: E402
+
+from sb3_trust import TrustPPO  # noqa: E402
+from sb3_trust.common.schedules import CosineSchedule, LinearSchedule  # noqa: E402
+from sb3_trust.zoo import (  # noqa: E402
+    ZOO_ALGOS,
+    ZooConfigError,
+    default_config_path,
+    main,
+    parse_schedule,
+    register_zoo,
+    samplers,
+)
+
+pytestmark = pytest.mark.zoo
+
+KEYS = list(ZOO_ALGOS)
+ENVS = ["CartPole-v1", "Pendulum-v1"]
+REQUIRED_ENVS = [
+    "default",
+    "CartPole-v1",
+    "Acrobot-v1",
+    "Pendulum-v1",
+    "LunarLander-v3",
+    "LunarLanderContinuous-v3",
+    "Swimmer-v4",
+    "Hopper-v4",
+    "HalfCheetah-v4",
+    "Walker2d-v4",
+]
+# What each key's file may change with respect to its base file, and the base
+VARIANT_KEYS = {
+    "trust_ppo": ("ppo", {"policy_loss"}),
+    "trust_ppo_kl": ("trust_ppo", {"policy_loss", "adaptive_kl_target", "kl_coef"}),
+    "trust_ppo_kl_fixed": ("trust_ppo", {"policy_loss", "kl_coef"}),
+    "trust_trpo": ("trpo", {"step_rule"}),
+    "trust_npg": ("trust_trpo", {"step_rule"}),
+}
+# Small and fast, on any key: short rollouts
+TINY = "n_steps:64 batch_size:64"
+QUIET = "--eval-freq -1 --verbose 0 --seed 0"
+
+
+def registered() -> dict[str, type]:
+    algos = register_zoo()
+    assert set(algos) == set(ZOO_ALGOS), "every key's class should import"
+    return algos
+
+
+def run(command: str) -> None:
+    """Run ``python -m sb3_trust.zoo <command>`` in-process (split on spaces only: quotes are kept for rl-zoo3)."""
+    main(command.split())
+
+
+def run_fails(capsys: pytest.CaptureFixture, command: str) -> str:
+    """Run a command that must fail with status 2 and return its stderr."""
+    with pytest.raises(SystemExit) as excinfo:
+        run(command)
+    assert excinfo.value.code == 2
+    return capsys.readouterr().err
+
+
+def load_yml(path: str | Path) -> dict[str, Any]:
+    with open(path) as file:
+        return yaml.safe_load(file)
+
+
+def zoo_yml(algo: str) -> dict[str, Any]:
+    if algo in ("ppo", "trpo"):
+        return load_yml(Path(rl_zoo3.__file__).parent / "hyperparams" / f"{algo}.yml")
+    return load_yml(default_config_path(algo))
+
+
+def run_folder(log_folder: Path, key: str, env_id: str, run_id: int = 1) -> Path:
+    return log_folder / key / f"{env_id}_{run_id}"
+
+
+class InterruptCallback(BaseCallback):
+    """Raise KeyboardInterrupt (a Ctrl-C) after 100 steps: rl-zoo3 must still save the model."""
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps >= 100:
+            raise KeyboardInterrupt
+        return True
+
+
+# --- registration and configs ------------------------------------------------------------------------------------
+
+
+def test_register_zoo_fills_rl_zoo3_tables():
+    from sb3_trust.trpo import TrustNPG, TrustTRPO
+
+    algos = registered()
+    assert algos["trust_ppo"] is algos["trust_ppo_kl"] is algos["trust_ppo_kl_fixed"] is TrustPPO
+    assert algos["trust_trpo"] is TrustTRPO
+    assert algos["trust_npg"] is TrustNPG
+    for key in KEYS:
+        assert rl_zoo3.ALGOS[key] is algos[key]
+        assert HYPERPARAMS_SAMPLER[key] is samplers.SAMPLERS[key]
+        assert HYPERPARAMS_CONVERTER[key] is samplers.CONVERTERS[key]
+    # rl-zoo3's own keys are untouched
+    assert rl_zoo3.ALGOS["ppo"].__name__ == "PPO" and rl_zoo3.ALGOS["trpo"].__name__ == "TRPO"
+    # idempotent
+    assert register_zoo() == algos
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_packaged_config(key):
+    path = Path(default_config_path(key))
+    assert path.is_file() and path.parent.parent == Path(__file__).parent.parent / "sb3_trust"
+    # the top-level hyperparams/ is the same folder
+    assert (Path(__file__).parent.parent / "hyperparams" / f"{key}.yml").resolve() == path.resolve()
+    config = load_yml(path)
+    assert set(REQUIRED_ENVS) <= set(config)
+    base_name, variant_keys = VARIANT_KEYS[key]
+    base = zoo_yml(base_name)
+    for env_id in REQUIRED_ENVS:
+        entry, base_entry = config[env_id], base[env_id]
+        # Same values as the base file, except the variant's keys
+        for name in set(entry) | set(base_entry):
+            if name not in variant_keys:
+                assert entry.get(name) == base_entry.get(name), f"{key} {env_id} {name}"
+        # and the variant itself is spelled out
+        for name, value in ZOO_ALGOS[key].variant.items():
+            if value is None:
+                assert entry.get(name) is None
+            elif isinstance(value, str):
+                assert entry[name] == value, f"{key} {env_id} {name}"
+            else:
+                assert entry[name] is not None
+
+
+def test_parse_schedule():
+    assert isinstance(parse_schedule("kl_coef", "lin_0.5"), LinearSchedule)
+    assert parse_schedule("kl_coef", "lin_0.5")(0.5) == pytest.approx(0.25)
+    # stays at its end value when the last rollout overshoots n_timesteps (rl-zoo3's own goes negative)
+    assert parse_schedule("clip_range", "lin_0.2")(-0.1) == 0.0
+    assert parse_schedule("kl_coef", "lin_1_0.5")(0.0) == pytest.approx(0.5)
+    cosine = parse_schedule("ent_coef", "cos_0.01")
+    assert isinstance(cosine, CosineSchedule)
+    assert cosine(1.0) == pytest.approx(0.01) and cosine(0.5) == pytest.approx(0.005) and cosine(0.0) == pytest.approx(0.0)
+    assert parse_schedule("ent_coef", "cos_0.01_0.001")(0.0) == pytest.approx(0.001)
+    for bad in ("exp_0.1", "lin_", "lin_abc", "cos_1_2_3", "0.1x"):
+        with pytest.raises(ZooConfigError, match="ent_coef"):
+            parse_schedule("ent_coef", bad)
+
+
+# --- train and enjoy ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("env_id", ENVS)
+@pytest.mark.parametrize("key", KEYS)
+def test_train_then_enjoy(tmp_path, key, env_id):
+    algos = registered()
+    run(f"train --algo {key} --env {env_id} -n 256 -f {tmp_path} {QUIET} --hyperparams {TINY}")
+    folder = run_folder(tmp_path, key, env_id)
+    model_path = folder / f"{env_id}.zip"
+    assert model_path.is_file()
+    saved_config = yaml.load((folder / env_id / "config.yml").read_text(), Loader=yaml.UnsafeLoader)
+    assert saved_config["n_steps"] == 64
+    # The class's own load() reads it, with the variant of the key
+    model = algos[key].load(model_path)
+    for name, value in ZOO_ALGOS[key].variant.items():
+        if isinstance(value, str) or value is None:
+            assert getattr(model, name) == value
+        else:
+            assert getattr(model, name) is not None
+    assert model.num_timesteps >= 256
+    run(f"enjoy --algo {key} --env {env_id} -f {tmp_path} --no-render -n 300 --verbose 0")
+
+
+def test_eval_checkpoints_and_continue(tmp_path):
+    env_id, key = "CartPole-v1", "trust_ppo_kl"
+    run(
+        f"train --algo {key} --env {env_id} -n 1024 -f {tmp_path} --seed 1 --verbose 0 --eval-freq 512 --eval-episodes 2 "
+        f"--save-freq 512 --hyperparams {TINY} ent_coef:'lin_0.01'"
+    )
+    folder = run_folder(tmp_path, key, env_id)
+    assert (folder / "best_model.zip").is_file()
+    assert (folder / "evaluations.npz").is_file()
+    assert sorted(p.name for p in folder.glob("rl_model_*_steps.zip")) == ["rl_model_1024_steps.zip", "rl_model_512_steps.zip"]
+    model = TrustPPO.load(folder / f"{env_id}.zip")
+    assert isinstance(model.ent_coef, LinearSchedule)
+    for flag in ("--load-best", "--load-checkpoint 512", "--load-last-checkpoint"):
+        run(f"enjoy --algo {key} --env {env_id} -f {tmp_path} --no-render -n 50 --verbose 0 {flag}")
+    # Continue training from the saved model (-i)
+    run(f"train --algo {key} --env {env_id} -n 512 -f {tmp_path} {QUIET} -i {folder / env_id}.zip --hyperparams {TINY}")
+    assert (run_folder(tmp_path, key, env_id, 2) / f"{env_id}.zip").is_file()
+
+
+def test_tensorboard_log(tmp_path):
+    pytest.importorskip("tensorboard")
+    tensorboard = tmp_path / "tb"
+    run(f"train --algo trust_trpo --env CartPole-v1 -n 256 -f {tmp_path} {QUIET} -tb {tensorboard} --hyperparams {TINY}")
+    assert any((tensorboard / "CartPole-v1").rglob("events.out.tfevents.*"))
+
+
+def test_default_entry_schedules_and_variant_defaults(tmp_path):
+    # An env id that the file does not list runs with its `default` entry (rl-zoo3's own fallback)
+    env_id = "MountainCarContinuous-v0"
+    run(
+        f"train --algo trust_ppo_kl_fixed --env {env_id} -n 128 -f {tmp_path} {QUIET} "
+        f"--hyperparams {TINY} kl_coef:'cos_3.0' learning_rate:'cos_1e-3_1e-4'"
+    )
+    model = TrustPPO.load(run_folder(tmp_path, "trust_ppo_kl_fixed", env_id) / f"{env_id}.zip")
+    assert model.policy_loss == "kl_penalty" and model.adaptive_kl_target is None
+    assert model.kl_coef == CosineSchedule(3.0, 0.0)
+    assert isinstance(model.learning_rate, CosineSchedule)
+
+    # A custom config that leaves the variant out gets it from the key...
+    conf = tmp_path / "custom.yml"
+    conf.write_text("CartPole-v1:\n  policy: MlpPolicy\n  n_timesteps: 128\n  n_steps: 64\n  batch_size: 64\n")
+    run(f"train --algo trust_ppo_kl --env CartPole-v1 -f {tmp_path} --conf-file {conf} {QUIET}")
+    folder = run_folder(tmp_path, "trust_ppo_kl", "CartPole-v1")
+    saved_config = yaml.load((folder / "CartPole-v1" / "config.yml").read_text(), Loader=yaml.UnsafeLoader)
+    assert saved_config["policy_loss"] == "kl_penalty" and saved_config["adaptive_kl_target"] == 0.01
+    # ... and one that contradicts it runs as configured, with a warning
+    with pytest.warns(UserWarning, match="not the variant of --algo trust_ppo_kl"):
+        run(
+            f"train --algo trust_ppo_kl --env CartPole-v1 -f {tmp_path} --conf-file {conf} {QUIET} "
+            "--hyperparams policy_loss:'clip'"
+        )
+    assert TrustPPO.load(run_folder(tmp_path, "trust_ppo_kl", "CartPole-v1", 2) / "CartPole-v1.zip").policy_loss == "clip"
+
+
+def test_batch_size_larger_than_rollout_is_capped(tmp_path):
+    # trust_trpo.yml's CartPole-v1 has batch_size 512, here the rollout is 2 envs * 64 steps
+    with pytest.warns(UserWarning, match="using batch_size=128"):
+        run(f"train --algo trust_trpo --env CartPole-v1 -n 128 -f {tmp_path} {QUIET} --hyperparams n_steps:64")
+    from sb3_trust.trpo import TrustTRPO
+
+    assert TrustTRPO.load(run_folder(tmp_path, "trust_trpo", "CartPole-v1") / "CartPole-v1.zip").batch_size == 128
+
+
+def test_ctrl_c_saves_the_model(tmp_path):
+    # rl-zoo3 catches KeyboardInterrupt in learn() and saves the model: it holds for our algorithms too
+    callback = f"{__name__}.InterruptCallback"
+    run(f"train --algo trust_npg --env CartPole-v1 -n 100000 -f {tmp_path} {QUIET} --hyperparams {TINY} callback:'{callback}'")
+    from sb3_trust.trpo import TrustNPG
+
+    model = TrustNPG.load(run_folder(tmp_path, "trust_npg", "CartPole-v1") / "CartPole-v1.zip")
+    assert 100 <= model.num_timesteps < 100000
+
+
+def test_entry_point_with_subproc_vec_env(tmp_path):
+    # The real entry point (`python -m sb3_trust.zoo`), with SubprocVecEnv workers
+    command = (
+        f"{sys.executable} -m sb3_trust.zoo train --algo trust_ppo --env Pendulum-v1 --vec-env subproc -n 256 "
+        f"-f {tmp_path} --num-threads 1 {QUIET} --hyperparams {TINY} n_envs:2"
+    )
+    result = subprocess.run(command.split(), capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    folder = run_folder(tmp_path, "trust_ppo", "Pendulum-v1")
+    args = yaml.load((folder / "Pendulum-v1" / "args.yml").read_text(), Loader=yaml.UnsafeLoader)
+    assert args["vec_env"] == "subproc"
+    assert TrustPPO.load(folder / "Pendulum-v1.zip").n_envs == 2
+    run(f"enjoy --algo trust_ppo --env Pendulum-v1 -f {tmp_path} --no-render -n 50 --verbose 0")
+
+
+@pytest.mark.skipif(shutil.which("sb3-trust") is None, reason="console script not installed")
+def test_console_script():
+    result = subprocess.run(["sb3-trust", "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0
+    for key in KEYS:
+        assert key in result.stdout
+
+
+def test_record_video(tmp_path):
+    pytest.importorskip("moviepy")
+    pytest.importorskip("pygame")
+    run(f"train --algo trust_trpo --env CartPole-v1 -n 128 -f {tmp_path} {QUIET} --hyperparams {TINY}")
+    videos = tmp_path / "videos"
+    run(f"record_video --algo trust_trpo --env CartPole-v1 -f {tmp_path} -n 20 -o {videos}")
+    assert len(list(videos.glob("final-model-trust_trpo-CartPole-v1-*.mp4"))) == 1
+
+
+# --- hyperparameter optimization ---------------------------------------------------------------------------------
+
+
+def shrunk(sampler):
+    """The real sampler, with the sizes it sampled cut down so that a trial takes about a second."""
+
+    def sample(trial, n_actions, n_envs, additional_args):
+        hyperparams = sampler(trial, n_actions, n_envs, additional_args)
+        hyperparams["n_steps"] = 32
+        hyperparams["batch_size"] = min(hyperparams.get("batch_size", 64), 32 * n_envs)
+        hyperparams["policy_kwargs"]["net_arch"] = dict(pi=[16], vf=[16])
+        for name, largest in (("n_epochs", 2), ("n_critic_updates", 2), ("cg_max_steps", 5)):
+            if name in hyperparams:
+                hyperparams[name] = min(hyperparams[name], largest)
+        return hyperparams
+
+    return sample
+
+
+@pytest.mark.parametrize(("key", "knob"), [("trust_ppo", "clip_range_vf"), ("trust_trpo", "kl_convention")])
+def test_optimize_into_sqlite_then_train_a_trial(tmp_path, monkeypatch, key, knob):
+    monkeypatch.setitem(samplers.SAMPLERS, key, shrunk(samplers.SAMPLERS[key]))
+    storage = f"sqlite:///{tmp_path / 'tune.db'}"
+    run(
+        f"train --algo {key} --env CartPole-v1 -n 256 -f {tmp_path} --seed 3 --verbose 0 --optimize --n-trials 2 "
+        f"--storage {storage} --study-name study --sampler random --n-evaluations 1 --eval-episodes 2 --no-optim-plots"
+    )
+    study = optuna.load_study(study_name="study", storage=storage)
+    trials = [trial for trial in study.trials if trial.state == optuna.trial.TrialState.COMPLETE]
+    assert len(trials) == 2
+    assert all(knob in trial.params for trial in trials)
+    assert list((tmp_path / key).glob("report_CartPole-v1_2-trials-256-random-median_*.csv"))
+
+    # Train with a stored trial's parameters (--trial-id goes through our converter)
+    run(
+        f"train --algo {key} --env CartPole-v1 -n 64 -f {tmp_path} {QUIET} --storage {storage} --study-name study "
+        f"--trial-id 1 --hyperparams {TINY}"
+    )
+    saved = yaml.load(
+        # run 1 is the optimization's (rl-zoo3 creates its folder too)
+        (run_folder(tmp_path, key, "CartPole-v1", 2) / "CartPole-v1" / "config.yml").read_text(),
+        Loader=yaml.UnsafeLoader,
+    )
+    assert saved[knob] == study.trials[1].params[knob]
+    assert saved["gamma"] == pytest.approx(1 - study.trials[1].params["one_minus_gamma"])
+
+
+@pytest.mark.parametrize("env_id", ENVS)
+@pytest.mark.parametrize("key", KEYS)
+def test_sampler_builds_a_model(key, env_id):
+    """Every key's sampler, over several trials (to reach its branches): the sampled parameters make a valid model."""
+    algos = registered()
+    env = make_vec_env(env_id, n_envs=2, seed=0)
+    n_actions = env.action_space.shape[0] if env.action_space.shape else 0
+    entry = load_yml(default_config_path(key))[env_id]
+    variant = {name: value for name, value in entry.items() if name in ZOO_ALGOS[key].variant}
+    if "adaptive_kl_target" in variant:
+        variant["kl_coef"] = 1.0
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0), direction="maximize")
+    for _ in range(8):
+        trial = study.ask()
+        hyperparams = HYPERPARAMS_SAMPLER[key](trial, n_actions, 2, {})
+        assert hyperparams["batch_size"] <= hyperparams["n_steps"] * 2
+        # --trial-id reads the same hyperparameters back from the stored parameters (but the batch cap, done later)
+        converted = HYPERPARAMS_CONVERTER[key](trial.params)
+        assert {name: value for name, value in converted.items() if name != "batch_size"} == {
+            name: value for name, value in hyperparams.items() if name != "batch_size"
+        }
+        model = algos[key]("MlpPolicy", env, **{**variant, **hyperparams})
+        for name, value in hyperparams.items():
+            if name not in ("policy_kwargs", "learning_rate", "clip_range", "clip_range_vf"):
+                assert getattr(model, name) == value, name
+        study.tell(trial, 0.0)
+    env.close()
+
+
+def test_samplers_search_the_variant_knobs():
+    searched = {}
+    for key in KEYS:
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+        names = set()
+        for _ in range(10):
+            trial = study.ask()
+            samplers.SAMPLERS[key](trial, 1, 1, {})
+            names |= set(trial.params)
+            study.tell(trial, 0.0)
+        searched[key] = names
+    assert {"target_kl", "clip_range", "clip_range_vf", "vf_clip_mode"} <= searched["trust_ppo"]
+    assert {"adaptive_kl_target", "kl_coef", "clip_range_vf", "vf_clip_mode"} <= searched["trust_ppo_kl"]
+    assert "clip_range" not in searched["trust_ppo_kl"] | searched["trust_ppo_kl_fixed"]
+    assert {"kl_coef", "clip_range_vf"} <= searched["trust_ppo_kl_fixed"]
+    assert {"kl_convention", "target_kl", "cg_max_steps", "n_critic_updates"} <= searched["trust_trpo"]
+    assert searched["trust_npg"] == searched["trust_trpo"]
+
+
+# --- bad input ---------------------------------------------------------------------------------------------------
+
+
+def test_unknown_algo_lists_the_keys(capsys):
+    err = run_fails(capsys, "train --algo trust_ppo_typo --env CartPole-v1")
+    assert "invalid choice: 'trust_ppo_typo'" in err
+    for key in KEYS:
+        assert f"'{key}'" in err
+    err = run_fails(capsys, "enjoy --algo nope")
+    assert "invalid choice" in err and "'trust_trpo'" in err
+
+
+def test_unknown_command(capsys):
+    err = run_fails(capsys, "trian --algo trust_ppo")
+    assert "unknown command 'trian'" in err and "train" in err
+
+
+@pytest.mark.parametrize(
+    ("key", "params", "expected"),
+    [
+        ("trust_ppo", ["n_epoch:3"], ["`n_epoch` is not a keyword of TrustPPO (did you mean `n_epochs`?)"]),
+        ("trust_trpo", ["clip_range:0.2", "ent_coef:0.01"], ["`clip_range` is not a keyword of TrustTRPO", "`ent_coef`"]),
+        ("trust_npg", ["seed:3"], ["`seed` is set from the command line (--seed)"]),
+        ("trust_ppo_kl", ["normalize_kwargs:{}"], ["`normalize_kwargs` is not read by rl-zoo3"]),
+        ("trust_ppo_kl_fixed", ["kl_coef:'exp_1'"], ["`kl_coef: 'exp_1'` is not a number nor a schedule"]),
+    ],
+)
+def test_unknown_config_key_fails_before_training(tmp_path, capsys, key, params, expected):
+    err = run_fails(capsys, f"train --algo {key} --env CartPole-v1 -f {tmp_path} {QUIET} --hyperparams {' '.join(params)}")
+    assert f"invalid config for --algo {key}" in err or "is not a number nor a schedule" in err
+    for text in expected:
+        assert text in err
+    assert "Traceback" not in err
+    assert not (tmp_path / key).exists(), "nothing is created before the check"
+
+
+def test_unknown_key_in_conf_file(tmp_path, capsys):
+    conf = tmp_path / "bad.yml"
+    conf.write_text("default:\n  policy: MlpPolicy\n  n_timesteps: 100\n  polcy_loss: clip\n")
+    err = run_fails(capsys, f"train --algo trust_ppo --env CartPole-v1 -f {tmp_path} --conf-file {conf}")
+    assert str(conf) in err
+    assert "`polcy_loss` is not a keyword of TrustPPO (did you mean `policy_loss`?)" in err
+
+
+def test_bad_values_are_caught_by_the_class(tmp_path):
+    # Values (not keys) are checked by the algorithm's constructor, before training, naming the parameter
+    with pytest.raises(ValueError, match="vf_clip_mode"):
+        run(f"train --algo trust_ppo --env CartPole-v1 -f {tmp_path} {QUIET} --hyperparams vf_clip_mode:'maxx'")
+    assert not list((tmp_path / "trust_ppo").rglob("*.zip"))
+
+
+def test_rl_zoo3_algos_unchanged_through_our_entry_point(tmp_path):
+    # Other keys run exactly as in rl-zoo3 (no key check, rl-zoo3's own config)
+    run(f"train --algo ppo --env CartPole-v1 -n 64 -f {tmp_path} {QUIET} --hyperparams n_steps:8")
+    assert (run_folder(tmp_path, "ppo", "CartPole-v1") / "CartPole-v1.zip").is_file()
+
+
+def test_enjoy_missing_model_and_mean_reward_output(tmp_path, capsys):
+    with pytest.raises((AssertionError, ValueError)):
+        run(f"enjoy --algo trust_ppo --env CartPole-v1 -f {tmp_path} --no-render")
+    run(f"train --algo trust_ppo --env CartPole-v1 -n 256 -f {tmp_path} {QUIET} --hyperparams {TINY}")
+    capsys.readouterr()
+    run(f"enjoy --algo trust_ppo --env CartPole-v1 -f {tmp_path} --no-render -n 600")
+    out = capsys.readouterr().out
+    assert "Mean reward:" in out
+    rewards = [float(line.split()[-1]) for line in out.splitlines() if line.startswith("Episode Reward:")]
+    assert rewards and np.all(np.array(rewards) > 0)
+
+
+@pytest.fixture(autouse=True)
+def _chdir(tmp_path, monkeypatch):
+    # rl-zoo3 writes a few things relative to the working directory
+    monkeypatch.chdir(tmp_path)
+    yield
+    assert os.getcwd() == str(tmp_path)
