@@ -4,7 +4,7 @@ import sys
 
 
 def main() -> None:
-    commands = {"compare": "benchmarks.compare"}
+    commands = {"compare": "benchmarks.compare", "throughput": "benchmarks.throughput"}
     if len(sys.argv) < 2 or sys.argv[1] not in commands:
         print(f"usage: python -m benchmarks {{{','.join(commands)}}} [options]", file=sys.stderr)
         sys.exit(2)

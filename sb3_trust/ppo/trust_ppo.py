@@ -5,11 +5,16 @@ import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import ActorCriticCnnPolicy, ActorCriticPolicy, BasePolicy, MultiInputActorCriticPolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, RolloutBufferSamples, Schedule
 from stable_baselines3.common.utils import FloatSchedule, explained_variance
+from stable_baselines3.common.vec_env import VecEnv
 
+from sb3_trust.common.fast_collect import collect_rollouts_fast
+from sb3_trust.common.fast_policy import FastActorCritic, clip_grad_norm, kl_from_params, unsupported_reason, use_fused_adam
+from sb3_trust.common.fast_rollout import FlatRollout, Minibatch
 from sb3_trust.common.kl import AdaptiveKLController, approx_kl_k3, exact_kl
 from sb3_trust.common.losses import (
     POLICY_LOSSES,
@@ -234,6 +239,8 @@ class TrustPPO(OnPolicyAlgorithm):
         self._kl_coef = float(kl_coef(1.0) if callable(kl_coef) else kl_coef)
         # Frozen copy of the policy at the start of the update: π_old (rebuilt lazily, never saved)
         self._old_policy: ActorCriticPolicy | None = None
+        self._fast_policy: FastActorCritic | None = None
+        self._fast_policy_for: ActorCriticPolicy | None = None
 
         if _init_setup_model:
             self._setup_model()
@@ -246,10 +253,36 @@ class TrustPPO(OnPolicyAlgorithm):
             self.clip_range_vf = FloatSchedule(self.clip_range_vf)
         self.ent_coef_schedule = FloatSchedule(self.ent_coef)
         self.kl_coef_schedule = FloatSchedule(self.kl_coef)
+        use_fused_adam(self.policy.optimizer, self.policy_kwargs)
         self._old_policy = None
+        self._fast_policy: FastActorCritic | None = None
+        self._fast_policy_for = None
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "_old_policy"]
+        return [*super()._excluded_save_params(), "_old_policy", "_fast_policy", "_fast_policy_for"]
+
+    def collect_rollouts(
+        self, env: VecEnv, callback: BaseCallback, rollout_buffer: RolloutBuffer, n_rollout_steps: int
+    ) -> bool:
+        fast = self._fast_path()
+        if fast is None:
+            return super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps)
+        return collect_rollouts_fast(self, fast, env, callback, rollout_buffer, n_rollout_steps)
+
+    def _fast_path(self) -> FastActorCritic | None:
+        """
+        :return: the lean evaluation path for this policy and buffer, or ``None`` for SB3's generic methods
+            (the reason is logged once, at verbosity >= 1)
+        """
+        if getattr(self, "_fast_policy_for", None) is not self.policy:
+            reason = unsupported_reason(self.policy)  # type: ignore[arg-type]
+            if reason is None and not FlatRollout.supports(self.rollout_buffer):
+                reason = f"rollout buffer class {type(self.rollout_buffer).__name__}"
+            self._fast_policy = FastActorCritic(self.policy) if reason is None else None  # type: ignore[arg-type]
+            self._fast_policy_for = self.policy
+            if reason is not None and self.verbose >= 1:
+                print(f"{type(self).__name__}: using SB3's generic (slower) policy methods because of the {reason}")
+        return self._fast_policy
 
     def _snapshot_old_policy(self) -> ActorCriticPolicy:
         """
@@ -267,96 +300,90 @@ class TrustPPO(OnPolicyAlgorithm):
             self._kl_coef = check_schedule_value("kl_coef", kl_coef, low=0.0, low_inclusive=True)
         return self._kl_coef
 
-    def _rollout_kl(self, old_policy: ActorCriticPolicy) -> float:
+    def _old_distribution_params(self, fast: FastActorCritic, rollout: FlatRollout) -> tuple[th.Tensor, th.Tensor]:
         """
-        :param old_policy: π_old
+        :param fast: the lean policy path
+        :param rollout: the rollout
+        :return: the parameters of π_old on every state of the rollout (computed before the update)
+        """
+        with th.no_grad():
+            latent_pi, _ = fast.latent(rollout.observations)
+            return fast.distribution_params(latent_pi)
+
+    def _rollout_kl(self, old: "tuple[th.Tensor, th.Tensor] | ActorCriticPolicy", rollout: FlatRollout | None) -> float:
+        """
+        :param old: π_old: its parameters on the rollout (lean path) or a frozen copy of the policy
+        :param rollout: the rollout (lean path only)
         :return: mean exact KL(π_old ‖ π_new) over the whole rollout buffer (no randomness consumed)
         """
-        total, count = 0.0, 0
         with th.no_grad():
+            fast = self._fast_path()
+            if fast is not None and rollout is not None and isinstance(old, tuple):
+                new = self._old_distribution_params(fast, rollout)
+                return kl_from_params(old, new, fast.is_categorical).mean().item()
+            assert isinstance(old, ActorCriticPolicy)
+            total, count = 0.0, 0
             for rollout_data in iterate_rollout_in_order(self.rollout_buffer):
-                old_distribution = old_policy.get_distribution(rollout_data.observations)
+                old_distribution = old.get_distribution(rollout_data.observations)
                 new_distribution = self.policy.get_distribution(rollout_data.observations)
                 kl = exact_kl(old_distribution, new_distribution)
                 total += kl.sum().item()
                 count += len(kl)
-        return total / max(count, 1)
+            return total / max(count, 1)
 
-    def _minibatch_loss(
+    def _evaluate(
         self,
-        rollout_data: RolloutBufferSamples,
-        old_policy: ActorCriticPolicy,
-        clip_range: float,
-        clip_range_vf: float | None,
-        ent_coef: float,
-        kl_coef: float,
-        stats: dict[str, list[float]],
-    ) -> tuple[th.Tensor, th.Tensor]:
+        rollout_data: RolloutBufferSamples | Minibatch,
+        old: "tuple[th.Tensor, th.Tensor] | ActorCriticPolicy",
+        need_kl: bool,
+    ) -> tuple[th.Tensor, th.Tensor, th.Tensor | None, th.Tensor | None]:
         """
-        The loss of one minibatch, in SB3's order of operations (so that the default matches SB3 PPO exactly).
-
         :param rollout_data: the minibatch
-        :param old_policy: π_old, for the exact KL of the penalty
-        :param clip_range: ε of the clipped surrogate
-        :param clip_range_vf: ε_v of the value clipping, or ``None``
-        :param ent_coef: entropy coefficient
-        :param kl_coef: β
-        :param stats: per-minibatch diagnostics, appended to
-        :return: the loss and the log-ratio ``log π_new(a|s) - log π_old(a|s)``
+        :param old: π_old: its parameters on the whole rollout (lean path) or a frozen copy of the policy
+        :param need_kl: whether to compute the exact KL(π_old ‖ π) (differentiable)
+        :return: values, log-likelihood of the actions, entropy (or ``None``), KL per state (or ``None``)
         """
         actions = rollout_data.actions
+        fast = self._fast_path()
+        if fast is not None and isinstance(rollout_data, Minibatch):
+            latent_pi, latent_vf = fast.latent(rollout_data.observations)
+            params = fast.distribution_params(latent_pi)
+            log_prob, entropy = fast.log_prob_entropy(params, actions)
+            kl = None
+            if need_kl:
+                assert isinstance(old, tuple)
+                old_params = (old[0][rollout_data.indices], old[1][rollout_data.indices])
+                kl = kl_from_params(old_params, params, fast.is_categorical)
+            return fast.values(latent_vf), log_prob, entropy, kl
+
         if isinstance(self.action_space, spaces.Discrete):
             # Convert discrete action from float to long
             actions = rollout_data.actions.long().flatten()
-
-        if self.policy_loss == "kl_penalty":
-            values, log_prob, entropy, distribution = evaluate_actions_with_distribution(
-                self.policy,
-                rollout_data.observations,
-                actions,  # type: ignore[arg-type]
-            )
-            with th.no_grad():
-                old_distribution = old_policy.get_distribution(rollout_data.observations)
-            kl = exact_kl(old_distribution, distribution)
-        else:
+        if not need_kl:
             values, log_prob, entropy = self.policy.evaluate_actions(rollout_data.observations, actions)
-        values = values.flatten()
-        # Normalize advantage (per minibatch, as SB3)
-        advantages = rollout_data.advantages
-        if self.normalize_advantage:
-            advantages = normalize_advantages(advantages)
-
-        # ratio between old and new policy, should be one at the first iteration
-        log_ratio = log_prob - rollout_data.old_log_prob
-        ratio = th.exp(log_ratio)
-        if self.policy_loss == "clip":
-            policy_loss = clipped_surrogate_loss(ratio, advantages, clip_range)
-        elif self.policy_loss == "kl_penalty":
-            policy_loss = kl_penalty_loss(ratio, advantages, kl, kl_coef)
-        else:
-            policy_loss = surrogate_loss(ratio, advantages)
-
-        # Value loss using the TD(gae_lambda) target, optionally clipped
-        vf_loss, value_clip_fraction = value_loss(
-            values, rollout_data.old_values, rollout_data.returns, clip_range_vf, self.vf_clip_mode
+            return values, log_prob, entropy, None
+        assert isinstance(old, ActorCriticPolicy)
+        values, log_prob, entropy, distribution = evaluate_actions_with_distribution(
+            self.policy,  # type: ignore[arg-type]
+            rollout_data.observations,
+            actions,
         )
-        # Entropy loss favor exploration
-        if entropy is None:
-            # Approximate entropy when no analytical form
-            entropy_loss = -th.mean(-log_prob)
-        else:
-            entropy_loss = -th.mean(entropy)
+        with th.no_grad():
+            old_distribution = old.get_distribution(rollout_data.observations)
+        return values, log_prob, entropy, exact_kl(old_distribution, distribution)
 
-        stats["policy_gradient_loss"].append(policy_loss.item())
-        stats["clip_fraction"].append(th.mean((th.abs(ratio - 1) > clip_range).float()).item())
-        stats["ratio_max"].append(ratio.max().item())
-        stats["ratio_mean"].append(ratio.mean().item())
-        stats["value_loss"].append(vf_loss.item())
-        stats["value_clip_fraction"].append(value_clip_fraction.item())
-        stats["entropy_loss"].append(entropy_loss.item())
-
-        loss = policy_loss + ent_coef * entropy_loss + self.vf_coef * vf_loss
-        return loss, log_ratio
+    def _policy_loss(
+        self, ratio: th.Tensor, advantages: th.Tensor, kl: th.Tensor | None, clip_range: float, kl_coef: float
+    ) -> th.Tensor:
+        """
+        :return: the policy loss of the chosen variant (``policy_loss``)
+        """
+        if self.policy_loss == "clip":
+            return clipped_surrogate_loss(ratio, advantages, clip_range)
+        if self.policy_loss == "kl_penalty":
+            assert kl is not None
+            return kl_penalty_loss(ratio, advantages, kl, kl_coef)
+        return surrogate_loss(ratio, advantages)
 
     def train(self) -> None:
         """
@@ -367,55 +394,87 @@ class TrustPPO(OnPolicyAlgorithm):
         # Update optimizer learning rate
         self._update_learning_rate(self.policy.optimizer)
         # Compute current clip range
-        clip_range = check_schedule_value("clip_range", self.clip_range(self._current_progress_remaining))  # type: ignore[operator]
+        progress = self._current_progress_remaining
+        clip_range = check_schedule_value("clip_range", self.clip_range(progress))  # type: ignore[operator]
         # Optional: clip range for the value function
         clip_range_vf = None
         if self.clip_range_vf is not None:
-            clip_range_vf = check_schedule_value("clip_range_vf", self.clip_range_vf(self._current_progress_remaining))  # type: ignore[operator]
-        ent_coef = check_schedule_value(
-            "ent_coef", self.ent_coef_schedule(self._current_progress_remaining), low=-np.inf, low_inclusive=True
-        )
+            clip_range_vf = check_schedule_value("clip_range_vf", self.clip_range_vf(progress))  # type: ignore[operator]
+        ent_coef = check_schedule_value("ent_coef", self.ent_coef_schedule(progress), low=-np.inf)
         kl_coef = self._current_kl_coef()
-        # π_old: the policy as it was before this update, for the exact KL
-        old_policy = self._snapshot_old_policy()
+        need_kl = self.policy_loss == "kl_penalty"
 
-        stats: dict[str, list[float]] = defaultdict(list)
+        # π_old, the policy before this update, for the exact KL: its distribution parameters on the rollout
+        # (lean path), or a frozen copy of the policy (generic path)
+        fast = self._fast_path()
+        rollout = FlatRollout(self.rollout_buffer, self.device) if fast is not None else None
+        old: tuple[th.Tensor, th.Tensor] | ActorCriticPolicy
+        if fast is not None and rollout is not None:
+            old = self._old_distribution_params(fast, rollout)
+        else:
+            old = self._snapshot_old_policy()
+        parameters = list(self.policy.parameters())
+
+        stats: dict[str, list[th.Tensor]] = defaultdict(list)
         continue_training = True
         epochs_completed = 0
         # train for n_epochs epochs
         for epoch in range(self.n_epochs):
             approx_kl_divs = []
-            # Do a complete pass on the rollout buffer
-            for rollout_data in self.rollout_buffer.get(self.batch_size):
-                loss, log_ratio = self._minibatch_loss(
-                    rollout_data,
-                    old_policy,
-                    clip_range,
-                    clip_range_vf,
-                    ent_coef,
-                    kl_coef,
-                    stats,  # type: ignore[arg-type]
-                )
+            # Do a complete pass on the rollout buffer (same minibatches and random draws on both paths)
+            batches = rollout.minibatches(self.batch_size) if rollout is not None else self.rollout_buffer.get(self.batch_size)
+            for rollout_data in batches:
+                values, log_prob, entropy, kl = self._evaluate(rollout_data, old, need_kl)
+                values = values.flatten()
+                # Normalize advantage (per minibatch, as SB3)
+                advantages = rollout_data.advantages
+                if self.normalize_advantage:
+                    advantages = normalize_advantages(advantages)
 
-                # SB3's early stopping on the k3 estimate of KL(π_old ‖ π_new), checked before the step
-                # see issue #417: https://github.com/DLR-RM/stable-baselines3/issues/417
-                # and discussion in PR #419: https://github.com/DLR-RM/stable-baselines3/pull/419
-                # and Schulman blog: http://joschu.net/blog/kl-approx.html
+                # ratio between old and new policy, should be one at the first iteration
+                log_ratio = log_prob - rollout_data.old_log_prob
+                ratio = th.exp(log_ratio)
+                policy_loss = self._policy_loss(ratio, advantages, kl, clip_range, kl_coef)
+
+                # Value loss using the TD(gae_lambda) target, optionally clipped
+                vf_loss, value_clip_fraction = value_loss(
+                    values, rollout_data.old_values, rollout_data.returns, clip_range_vf, self.vf_clip_mode
+                )
+                # Entropy loss favor exploration
+                if entropy is None:
+                    # Approximate entropy when no analytical form
+                    entropy_loss = -th.mean(-log_prob)
+                else:
+                    entropy_loss = -th.mean(entropy)
+
+                loss = policy_loss + ent_coef * entropy_loss + self.vf_coef * vf_loss
+
                 with th.no_grad():
-                    approx_kl_div = approx_kl_k3(log_ratio).cpu().numpy()
+                    stats["policy_gradient_loss"].append(policy_loss.detach())
+                    stats["clip_fraction"].append(th.mean((th.abs(ratio - 1) > clip_range).float()))
+                    stats["ratio_max"].append(ratio.detach().max())
+                    stats["ratio_mean"].append(ratio.detach().mean())
+                    stats["value_loss"].append(vf_loss.detach())
+                    stats["value_clip_fraction"].append(value_clip_fraction)
+                    stats["entropy_loss"].append(entropy_loss.detach())
+                    # k3 estimate of KL(π_old ‖ π_new) on the minibatch, for SB3's early stopping
+                    # see issue #417: https://github.com/DLR-RM/stable-baselines3/issues/417
+                    # and discussion in PR #419: https://github.com/DLR-RM/stable-baselines3/pull/419
+                    # and Schulman blog: http://joschu.net/blog/kl-approx.html
+                    approx_kl_div = approx_kl_k3(log_ratio)
                     approx_kl_divs.append(approx_kl_div)
 
-                if self.target_kl is not None and approx_kl_div > 1.5 * self.target_kl:
+                if self.target_kl is not None and approx_kl_div.item() > 1.5 * self.target_kl:
                     continue_training = False
                     if self.verbose >= 1:
-                        print(f"Early stopping at step {epoch} due to reaching max kl: {approx_kl_div:.2f}")
+                        print(f"Early stopping at step {epoch} due to reaching max kl: {approx_kl_div.item():.2f}")
                     break
 
                 # Optimization step
                 self.policy.optimizer.zero_grad()
                 loss.backward()
-                # Clip grad norm
-                th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+                # Clip grad norm (same operations as th.nn.utils.clip_grad_norm_)
+                clip_grad_norm(parameters, self.max_grad_norm)
                 self.policy.optimizer.step()
 
             self._n_updates += 1
@@ -425,16 +484,17 @@ class TrustPPO(OnPolicyAlgorithm):
 
         explained_var = explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten())
         # Exact KL(π_old ‖ π_new) over the rollout after the whole update: logged, and drives the adaptive β
-        rollout_kl = self._rollout_kl(old_policy)
+        rollout_kl = self._rollout_kl(old, rollout)
         if self.adaptive_kl_target is not None:
             self._kl_coef = AdaptiveKLController(self.adaptive_kl_target).update(self._kl_coef, rollout_kl)
 
+        means = {key: th.stack(values).mean().item() for key, values in stats.items()}
         # Logs: SB3's keys with SB3's meanings (approx_kl: mean over the last epoch; loss: last minibatch)
-        self.logger.record("train/entropy_loss", np.mean(stats["entropy_loss"]))
-        self.logger.record("train/policy_gradient_loss", np.mean(stats["policy_gradient_loss"]))
-        self.logger.record("train/value_loss", np.mean(stats["value_loss"]))
-        self.logger.record("train/approx_kl", np.mean(approx_kl_divs))
-        self.logger.record("train/clip_fraction", np.mean(stats["clip_fraction"]))
+        self.logger.record("train/entropy_loss", means["entropy_loss"])
+        self.logger.record("train/policy_gradient_loss", means["policy_gradient_loss"])
+        self.logger.record("train/value_loss", means["value_loss"])
+        self.logger.record("train/approx_kl", th.stack(approx_kl_divs).mean().item())
+        self.logger.record("train/clip_fraction", means["clip_fraction"])
         self.logger.record("train/loss", loss.item())
         self.logger.record("train/explained_variance", explained_var)
         if hasattr(self.policy, "log_std"):
@@ -443,14 +503,14 @@ class TrustPPO(OnPolicyAlgorithm):
         self.logger.record("train/clip_range", clip_range)
         if clip_range_vf is not None:
             self.logger.record("train/clip_range_vf", clip_range_vf)
-            self.logger.record("train/value_clip_fraction", np.mean(stats["value_clip_fraction"]))
+            self.logger.record("train/value_clip_fraction", means["value_clip_fraction"])
         # sb3_trust's diagnostics
         self.logger.record("train/kl", rollout_kl)
         if self.policy_loss == "kl_penalty":
             self.logger.record("train/kl_coef", self._kl_coef)
         self.logger.record("train/early_stop_fraction", epochs_completed / self.n_epochs)
-        self.logger.record("train/ratio_max", np.max(stats["ratio_max"]))
-        self.logger.record("train/ratio_mean", np.mean(stats["ratio_mean"]))
+        self.logger.record("train/ratio_max", th.stack(stats["ratio_max"]).max().item())
+        self.logger.record("train/ratio_mean", means["ratio_mean"])
         self.logger.record("train/ent_coef", ent_coef)
 
     def learn(

@@ -1,0 +1,195 @@
+"""
+Throughput: TrustPPO against SB3 PPO and TrustTRPO against sb3-contrib TRPO, at identical hyperparameters.
+
+In one run of this script, every (config, algorithm) pair is measured ``--repeats`` times, interleaved
+(A B A B ...), each measurement in a fresh subprocess (so that peak memory is per algorithm) with torch pinned to
+one thread. It reports the median speed ratio ours / reference, the split between collection and update, the
+env-only rate through the same VecEnv (the physical floor), and the peak RSS.
+
+Usage: ``python -m benchmarks throughput [--repeats 3] [--configs cartpole_ppo ...] [--out benchmarks/THROUGHPUT.md]``
+"""
+
+import argparse
+import multiprocessing as mp
+import os
+import platform
+import resource
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Config:
+    """
+    :param name: short name
+    :param env_id: env id
+    :param zoo_key: ``ppo``/``trpo``: take rl-zoo3's config for ``env_id``; ``None``: the algorithm's defaults
+    :param reference: ``ppo`` or ``trpo``
+    :param ours: our algorithm's zoo key
+    :param n_envs: envs (when not from the zoo)
+    :param timesteps: steps per measurement
+    """
+
+    name: str
+    env_id: str
+    zoo_key: str | None
+    reference: str
+    ours: str
+    n_envs: int
+    timesteps: int
+
+
+CONFIGS = {
+    config.name: config
+    for config in [
+        Config("cartpole_ppo_zoo", "CartPole-v1", "ppo", "ppo", "trust_ppo", 8, 25_600),
+        Config("lunarlander_ppo_zoo", "LunarLander-v3", "ppo", "ppo", "trust_ppo", 16, 32_768),
+        Config("halfcheetah_ppo_defaults", "HalfCheetah-v4", None, "ppo", "trust_ppo", 1, 12_288),
+        Config("halfcheetah_ppo_zoo", "HalfCheetah-v4", "ppo", "ppo", "trust_ppo", 1, 6_144),
+        Config("cartpole_trpo_zoo", "CartPole-v1", "trpo", "trpo", "trust_trpo", 2, 20_480),
+        Config("halfcheetah_trpo_zoo", "HalfCheetah-v4", "trpo", "trpo", "trust_trpo", 1, 20_480),
+    ]
+}
+
+
+def _build(algo: str, config: Config, seed: int) -> Any:
+    """
+    :param algo: ``ppo``/``trpo`` (references) or our key
+    :param config: the config
+    :param seed: seed
+    :return: the model (same hyperparameters for ours and the reference)
+    """
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    from benchmarks.compare import algorithm_class
+    from benchmarks.zoo_configs import load_zoo_config
+
+    if config.zoo_key is not None:
+        zoo = load_zoo_config(config.zoo_key, config.env_id)
+        n_envs, kwargs, normalize, policy = zoo.n_envs, zoo.kwargs, zoo.normalize, zoo.policy
+    else:
+        n_envs, kwargs, normalize, policy = config.n_envs, {}, None, "MlpPolicy"
+    env = make_vec_env(config.env_id, n_envs=n_envs, seed=seed)
+    if normalize is not None:
+        env = VecNormalize(env, **normalize)
+    return algorithm_class(algo)(policy, env, seed=seed, device="cpu", **kwargs)
+
+
+def _measure(algo: str, config_name: str, seed: int, queue: "mp.Queue[dict[str, float]]") -> None:
+    import torch as th
+
+    th.set_num_threads(1)
+    config = CONFIGS[config_name]
+    model = _build(algo, config, seed)
+    timers = {"collect": 0.0, "train": 0.0}
+
+    def timed(name: str, function: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                timers[name] += time.perf_counter() - start
+
+        return wrapper
+
+    model.collect_rollouts = timed("collect", model.collect_rollouts)
+    model.train = timed("train", model.train)
+    start = time.perf_counter()
+    model.learn(config.timesteps)
+    wall = time.perf_counter() - start
+    queue.put(
+        dict(
+            steps_per_s=model.num_timesteps / wall,
+            collect_s=timers["collect"],
+            train_s=timers["train"],
+            wall_s=wall,
+            peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        )
+    )
+
+
+def _env_only(config_name: str, seed: int, queue: "mp.Queue[dict[str, float]]") -> None:
+    """Random actions through the same VecEnv (and wrappers) as the algorithms use."""
+    import torch as th
+
+    th.set_num_threads(1)
+    config = CONFIGS[config_name]
+    model = _build(config.reference, config, seed)
+    env = model.get_env()
+    env.reset()
+    n_steps = config.timesteps // env.num_envs
+    actions = [np.stack([env.action_space.sample() for _ in range(env.num_envs)]) for _ in range(min(n_steps, 256))]
+    start = time.perf_counter()
+    for step in range(n_steps):
+        env.step(actions[step % len(actions)])
+    queue.put(dict(steps_per_s=n_steps * env.num_envs / (time.perf_counter() - start)))
+
+
+def _in_subprocess(target: Any, *args: Any) -> dict[str, float]:
+    context = mp.get_context("spawn")
+    queue: mp.Queue[dict[str, float]] = context.Queue()
+    process = context.Process(target=target, args=(*args, queue))
+    process.start()
+    result = queue.get()
+    process.join()
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks throughput", description=__doc__)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--configs", nargs="*", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--out", default=None, help="also write the table to this Markdown file")
+    args = parser.parse_args(argv)
+
+    lines = [
+        "| config | reference steps/s | ours steps/s | **median ratio** | ref collect / train (s) | ours collect / train (s) "
+        "| env-only steps/s | ours vs env-only time | ref / ours peak RSS (MB) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    print(lines[0], flush=True)
+    for name in args.configs:
+        config = CONFIGS[name]
+        runs: dict[str, list[dict[str, float]]] = {config.reference: [], config.ours: []}
+        for repeat in range(args.repeats):
+            for algo in (config.reference, config.ours):  # interleaved: A B A B ...
+                runs[algo].append(_in_subprocess(_measure, algo, name, repeat))
+        env_only = _in_subprocess(_env_only, name, 0)["steps_per_s"]
+        ratios = [o["steps_per_s"] / r["steps_per_s"] for r, o in zip(runs[config.reference], runs[config.ours], strict=True)]
+
+        def median(algo: str, key: str) -> float:
+            return statistics.median(run[key] for run in runs[algo])  # noqa: B023
+
+        ours_fps = median(config.ours, "steps_per_s")
+        line = (
+            f"| {name} | {median(config.reference, 'steps_per_s'):.0f} | {ours_fps:.0f} | **{statistics.median(ratios):.2f}x** "
+            f"| {median(config.reference, 'collect_s'):.2f} / {median(config.reference, 'train_s'):.2f} "
+            f"| {median(config.ours, 'collect_s'):.2f} / {median(config.ours, 'train_s'):.2f} "
+            f"| {env_only:.0f} | {env_only / ours_fps:.1f}x "
+            f"| {median(config.reference, 'peak_rss_mb'):.0f} / {median(config.ours, 'peak_rss_mb'):.0f} |"
+        )
+        lines.append(line)
+        print(line, flush=True)
+
+    if args.out:
+        import torch
+
+        header = [
+            "# Throughput",
+            "",
+            f"Generated by `python -m benchmarks throughput --repeats {args.repeats}`; torch threads: 1; "
+            f"{args.repeats} interleaved repeats per algorithm, each in a fresh process; medians.",
+            f"Machine: {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+            f"torch {torch.__version__}.",
+            "Ratio = our steps/s / the reference's steps/s in the same repeat (median over repeats).",
+            "'ours vs env-only time' = how many times longer our training takes than stepping the env alone.",
+            "",
+        ]
+        with open(args.out, "w") as file:
+            file.write("\n".join(header + lines) + "\n")

@@ -1,0 +1,95 @@
+"""
+Minibatches from SB3's ``RolloutBuffer`` without its per-minibatch numpy-to-torch copies.
+
+``FlatRollout`` converts the flattened buffer to tensors once per update (zero-copy views of the numpy arrays) and
+indexes them per minibatch. It draws the minibatch order exactly as ``RolloutBuffer.get()`` does (one
+``np.random.permutation`` per epoch), so training with it consumes the same random numbers and sees the same
+minibatches as with SB3's generator.
+"""
+
+from collections.abc import Generator
+from typing import NamedTuple
+
+import numpy as np
+import torch as th
+from stable_baselines3.common.buffers import RolloutBuffer
+
+_FIELDS = ("observations", "actions", "values", "log_probs", "advantages", "returns")
+
+
+class Minibatch(NamedTuple):
+    """The fields of SB3's ``RolloutBufferSamples``, plus the sample indices in the flattened rollout."""
+
+    observations: th.Tensor
+    actions: th.Tensor
+    old_values: th.Tensor
+    old_log_prob: th.Tensor
+    advantages: th.Tensor
+    returns: th.Tensor
+    indices: th.Tensor
+
+
+def flatten_rollout_buffer(rollout_buffer: RolloutBuffer) -> None:
+    """
+    Flatten the buffer's arrays to ``[n_steps * n_envs, ...]`` as the first call of ``RolloutBuffer.get()`` does.
+
+    :param rollout_buffer: a full rollout buffer
+    """
+    if not rollout_buffer.generator_ready:
+        for name in _FIELDS:
+            rollout_buffer.__dict__[name] = rollout_buffer.swap_and_flatten(rollout_buffer.__dict__[name])
+        rollout_buffer.generator_ready = True
+
+
+class FlatRollout:
+    """
+    The whole rollout as torch tensors.
+
+    :param rollout_buffer: a full ``RolloutBuffer`` (exactly that class: subclasses may store more or differently)
+    :param device: torch device
+    """
+
+    def __init__(self, rollout_buffer: RolloutBuffer, device: th.device) -> None:
+        flatten_rollout_buffer(rollout_buffer)
+        self.n_samples = rollout_buffer.buffer_size * rollout_buffer.n_envs
+
+        def as_tensor(array: np.ndarray) -> th.Tensor:
+            return th.as_tensor(array, device=device)
+
+        self.observations = as_tensor(rollout_buffer.observations)
+        self.actions = as_tensor(rollout_buffer.actions)
+        self.old_values = as_tensor(rollout_buffer.values).flatten()
+        self.old_log_prob = as_tensor(rollout_buffer.log_probs).flatten()
+        self.advantages = as_tensor(rollout_buffer.advantages).flatten()
+        self.returns = as_tensor(rollout_buffer.returns).flatten()
+        self.device = device
+
+    @staticmethod
+    def supports(rollout_buffer: RolloutBuffer) -> bool:
+        """
+        :param rollout_buffer: the buffer
+        :return: whether this class can read it (a plain ``RolloutBuffer``)
+        """
+        return type(rollout_buffer) is RolloutBuffer
+
+    def minibatches(self, batch_size: int | None) -> Generator[Minibatch, None, None]:
+        """
+        One epoch of shuffled minibatches, in the order ``RolloutBuffer.get(batch_size)`` would give.
+
+        :param batch_size: minibatch size (``None``: the whole rollout)
+        :return: generator of minibatches
+        """
+        permutation = th.as_tensor(np.random.permutation(self.n_samples), device=self.device)
+        if batch_size is None:
+            batch_size = self.n_samples
+        for start in range(0, self.n_samples, batch_size):
+            indices = permutation[start : start + batch_size]
+            yield Minibatch(
+                self.observations[indices],
+                self.actions[indices],
+                self.old_values[indices],
+                self.old_log_prob[indices],
+                self.advantages[indices],
+                self.returns[indices],
+                indices,
+            )
