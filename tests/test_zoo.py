@@ -300,6 +300,19 @@ def test_record_video(tmp_path):
     assert len(list(videos.glob("final-model-trust_trpo-CartPole-v1-*.mp4"))) == 1
 
 
+def test_record_training(tmp_path):
+    # rl-zoo3 runs record_video in subprocesses (sent through our entry point) then ffmpeg (ours falls back on the
+    # binary of imageio-ffmpeg)
+    pytest.importorskip("moviepy")
+    pytest.importorskip("pygame")
+    if shutil.which("ffmpeg") is None:
+        pytest.importorskip("imageio_ffmpeg")
+    run(f"train --algo trust_ppo --env CartPole-v1 -n 256 -f {tmp_path} {QUIET} --save-freq 256 --hyperparams n_steps:32")
+    run(f"record_training --algo trust_ppo --env CartPole-v1 -f {tmp_path} -n 20")
+    videos = run_folder(tmp_path, "trust_ppo", "CartPole-v1") / "videos"
+    assert (videos / "training.mp4").is_file()
+
+
 # --- hyperparameter optimization ---------------------------------------------------------------------------------
 
 
@@ -405,6 +418,18 @@ def test_unknown_algo_lists_the_keys(capsys):
         assert f"'{key}'" in err
     err = run_fails(capsys, "enjoy --algo nope")
     assert "invalid choice" in err and "'trust_trpo'" in err
+
+
+def test_key_whose_class_does_not_import(capsys, monkeypatch):
+    import sb3_trust.zoo as zoo
+
+    monkeypatch.setattr(zoo, "_UNAVAILABLE", {})
+    monkeypatch.setitem(ZOO_ALGOS, "trust_fake", zoo.ZooAlgo("trust_fake", "sb3_trust.not_written_yet", ("TrustFake",)))
+    err = run_fails(capsys, "train --algo trust_fake --env CartPole-v1")
+    assert "--algo trust_fake is not available" in err and "sb3_trust.not_written_yet" in err
+    assert "trust_fake" not in rl_zoo3.ALGOS
+    # the other keys still work
+    assert set(KEYS) <= set(rl_zoo3.ALGOS)
 
 
 def test_unknown_command(capsys):

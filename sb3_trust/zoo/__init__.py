@@ -34,10 +34,13 @@ import contextlib
 import difflib
 import importlib
 import inspect
+import os
 import re
 import runpy
+import shutil
 import subprocess
 import sys
+import tempfile
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -436,6 +439,29 @@ def _run_script(module: str) -> None:
     runpy.run_module(module, run_name="__main__", alter_sys=False)
 
 
+@contextlib.contextmanager
+def _ffmpeg_on_path() -> Iterator[None]:
+    """
+    rl-zoo3's record_training runs the ``ffmpeg`` command: when there is none on the PATH, use the binary that the
+    ``imageio-ffmpeg`` package ships (a dependency of moviepy, which video recording needs anyway), if installed.
+    """
+    try:
+        import imageio_ffmpeg
+    except ImportError:
+        imageio_ffmpeg = None
+    if shutil.which("ffmpeg") is not None or imageio_ffmpeg is None:
+        yield
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        os.symlink(imageio_ffmpeg.get_ffmpeg_exe(), os.path.join(folder, "ffmpeg"))
+        saved_path = os.environ.get("PATH", "")
+        os.environ["PATH"] = folder + os.pathsep + saved_path
+        try:
+            yield
+        finally:
+            os.environ["PATH"] = saved_path
+
+
 def _record_training() -> None:
     # rl-zoo3's record_training runs `python -m rl_zoo3.record_video ...` in subprocesses, where our keys are not
     # registered: send those calls through this entry point instead
@@ -446,7 +472,7 @@ def _record_training() -> None:
             command = [sys.executable, "-m", "sb3_trust.zoo", "record_video", *command[3:]]
         return original_call(command, *args, **kwargs)
 
-    with _patched(subprocess, "call", call):
+    with _patched(subprocess, "call", call), _ffmpeg_on_path():
         _run_script("rl_zoo3.record_training")
 
 
