@@ -1,3 +1,6 @@
+import io
+import pathlib
+import warnings
 from collections import defaultdict
 from typing import Any, ClassVar, TypeVar
 
@@ -27,6 +30,14 @@ from sb3_trust.common.losses import (
 )
 from sb3_trust.common.policy_utils import evaluate_actions_with_distribution, frozen_copy
 from sb3_trust.common.rollout import iterate_rollout_in_order
+from sb3_trust.common.safety import (
+    NON_FINITE_ACTIONS,
+    NonFiniteError,
+    UpdateSnapshot,
+    all_finite,
+    check_saved_model,
+    find_non_finite_in_rollout,
+)
 from sb3_trust.common.validation import (
     check_action_space,
     check_choice,
@@ -106,6 +117,12 @@ class TrustPPO(OnPolicyAlgorithm):
     :param vf_clip_mode: NEW. How ``clip_range_vf`` clips the value loss: ``"sb3"`` (default, SB3: the MSE of the
         clipped prediction ``mean((R - V_clip)²)``) or ``"max"`` (OpenAI Baselines/CleanRL: the pessimistic
         ``mean(max((R - V)², (R - V_clip)²))``), with ``V_clip = V_old + clip(V - V_old, -ε_v, ε_v)``.
+    :param on_non_finite: NEW. What happens when a NaN or infinite number appears in the rollout (observations,
+        rewards, actions, values, ...), in a loss, in the gradients or in the parameters: ``"raise"`` (default) stops
+        training with a ``NonFiniteError`` naming the quantity and the timestep; ``"skip"`` warns, skips the update and
+        counts it in ``train/skipped_updates``. In both cases the weights and optimizer state from before the update
+        are kept, so the model can still be saved. An exception or ``KeyboardInterrupt`` during an update also
+        restores them.
     :param stats_window_size: Window size for the rollout logging, specifying the number of episodes to average
         the reported success rate, mean episode length, and mean reward over
     :param tensorboard_log: the log location for tensorboard (if None, no logging)
@@ -149,6 +166,7 @@ class TrustPPO(OnPolicyAlgorithm):
         kl_coef: float | Schedule = 1.0,
         adaptive_kl_target: float | None = None,
         vf_clip_mode: str = "sb3",
+        on_non_finite: str = "raise",
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
         policy_kwargs: dict[str, Any] | None = None,
@@ -180,6 +198,7 @@ class TrustPPO(OnPolicyAlgorithm):
         check_number("kl_coef", kl_coef, low=0.0, allow_schedule=True)
         check_number("adaptive_kl_target", adaptive_kl_target, low=0.0, low_inclusive=False, allow_none=True)
         check_choice("vf_clip_mode", vf_clip_mode, VF_CLIP_MODES)
+        check_choice("on_non_finite", on_non_finite, NON_FINITE_ACTIONS)
         if normalize_advantage and batch_size < 2:
             raise ValueError(
                 f"`batch_size` must be greater than 1 when `normalize_advantage=True`, got {batch_size} "
@@ -234,9 +253,14 @@ class TrustPPO(OnPolicyAlgorithm):
         self.kl_coef = kl_coef
         self.adaptive_kl_target = adaptive_kl_target
         self.vf_clip_mode = vf_clip_mode
+        self.on_non_finite = on_non_finite
+        # Which algorithm wrote a saved file (checked by load())
+        self._trust_algorithm = "TrustPPO"
         # Mutable training state lives here, not in _setup_model(), which load() calls again after restoring it.
         # The current β: adapted after each update when adaptive_kl_target is set.
         self._kl_coef = float(kl_coef(1.0) if callable(kl_coef) else kl_coef)
+        # Updates skipped because of non-finite numbers (on_non_finite="skip")
+        self._n_skipped_updates = 0
         # Frozen copy of the policy at the start of the update: π_old (rebuilt lazily, never saved)
         self._old_policy: ActorCriticPolicy | None = None
         self._fast_policy: FastActorCritic | None = None
@@ -387,7 +411,45 @@ class TrustPPO(OnPolicyAlgorithm):
 
     def train(self) -> None:
         """
-        Update policy using the currently gathered rollout buffer.
+        Update policy using the currently gathered rollout buffer. Non-finite numbers and interruptions leave the
+        policy, the optimizer and the counters as they were before the update (see ``on_non_finite``).
+        """
+        problem = find_non_finite_in_rollout(self.rollout_buffer, self.num_timesteps)
+        if problem is not None:
+            self._handle_non_finite(problem)
+            return
+        snapshot = UpdateSnapshot(self.policy, self, ("_n_updates", "_kl_coef"))
+        try:
+            self._update()
+        except NonFiniteError as error:
+            snapshot.restore()
+            self._handle_non_finite(str(error))
+        except BaseException:
+            snapshot.restore()
+            raise
+
+    def _handle_non_finite(self, problem: str) -> None:
+        message = f"{problem}; the update was not applied (weights and optimizer state from before it are kept)"
+        if self.on_non_finite == "raise":
+            raise NonFiniteError(f"{type(self).__name__}: {message}. Pass on_non_finite='skip' to skip such updates.")
+        self._n_skipped_updates += 1
+        warnings.warn(f"{type(self).__name__}: {message}; skipped ({self._n_skipped_updates} so far)")
+        self.logger.record("train/skipped_updates", self._n_skipped_updates)
+
+    def _check_finite_step(self, loss: th.Tensor, terms: dict[str, th.Tensor], epoch: int) -> None:
+        """
+        Raise ``NonFiniteError`` naming the first non-finite term, before the optimizer step applies it.
+        One host sync per minibatch.
+        """
+        if not bool(th.isfinite(loss) & th.isfinite(terms["gradient_norm"])):
+            what = next((name for name, value in terms.items() if not th.isfinite(value)), "loss")
+            raise NonFiniteError(
+                f"non-finite {what} in update {self._n_updates}, epoch {epoch} (timestep {self.num_timesteps})"
+            )
+
+    def _update(self) -> None:
+        """
+        One update (``n_epochs`` passes over the rollout), SB3 PPO's loop.
         """
         # Switch to train mode (this affects batch norm / dropout)
         self.policy.set_training_mode(True)
@@ -474,7 +536,9 @@ class TrustPPO(OnPolicyAlgorithm):
                 self.policy.optimizer.zero_grad()
                 loss.backward()
                 # Clip grad norm (same operations as th.nn.utils.clip_grad_norm_)
-                clip_grad_norm(parameters, self.max_grad_norm)
+                grad_norm = clip_grad_norm(parameters, self.max_grad_norm)
+                terms = dict(policy_loss=policy_loss, value_loss=vf_loss, entropy_loss=entropy_loss, gradient_norm=grad_norm)
+                self._check_finite_step(loss, terms, epoch)
                 self.policy.optimizer.step()
 
             self._n_updates += 1
@@ -482,6 +546,8 @@ class TrustPPO(OnPolicyAlgorithm):
                 break
             epochs_completed += 1
 
+        if not all_finite(parameters):
+            raise NonFiniteError(f"non-finite parameters after update {self._n_updates} (timestep {self.num_timesteps})")
         explained_var = explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten())
         # Exact KL(π_old ‖ π_new) over the rollout after the whole update: logged, and drives the adaptive β
         rollout_kl = self._rollout_kl(old, rollout)
@@ -512,6 +578,25 @@ class TrustPPO(OnPolicyAlgorithm):
         self.logger.record("train/ratio_max", th.stack(stats["ratio_max"]).max().item())
         self.logger.record("train/ratio_mean", means["ratio_mean"])
         self.logger.record("train/ent_coef", ent_coef)
+
+    @classmethod
+    def load(  # type: ignore[override]
+        cls: type[SelfTrustPPO],
+        path: str | pathlib.Path | io.BufferedIOBase,
+        env: GymEnv | None = None,
+        device: th.device | str = "auto",
+        custom_objects: dict[str, Any] | None = None,
+        print_system_info: bool = False,
+        force_reset: bool = True,
+        **kwargs: Any,
+    ) -> SelfTrustPPO:
+        """
+        SB3's ``load()``, after checking that ``path`` is a readable file saved by TrustPPO (a clear ``ValueError``
+        otherwise, before anything is built). The variant and all training state are restored from the file.
+        WARNING: model files contain pickled Python objects; load only files you trust, as with SB3.
+        """
+        check_saved_model(path, "TrustPPO", cls.__name__)
+        return super().load(path, env, device, custom_objects, print_system_info, force_reset, **kwargs)
 
     def learn(
         self: SelfTrustPPO,

@@ -1,0 +1,135 @@
+"""
+Guards that keep a model consistent when something goes wrong: non-finite numbers in a rollout or an update,
+interrupted updates, and model files that are not what they claim to be.
+"""
+
+import copy
+import io
+import json
+import os
+import pathlib
+import zipfile
+from typing import Any
+
+import numpy as np
+import torch as th
+from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.policies import BasePolicy
+
+NON_FINITE_ACTIONS = ("raise", "skip")
+
+# The rollout arrays, in the order a fault propagates: observations and rewards come from the env, the rest from them
+_ROLLOUT_FIELDS = (
+    ("observations", "observation"),
+    ("rewards", "reward"),
+    ("actions", "action"),
+    ("values", "value prediction"),
+    ("log_probs", "log-probability"),
+    ("advantages", "advantage"),
+    ("returns", "return"),
+)
+
+
+class NonFiniteError(FloatingPointError):
+    """A NaN or infinite number appeared in a rollout or an update. The weights from before the update are kept."""
+
+
+def find_non_finite_in_rollout(rollout_buffer: RolloutBuffer, num_timesteps: int) -> str | None:
+    """
+    Look for NaN/inf in a full rollout buffer (before ``get()`` flattens it).
+
+    :param rollout_buffer: the rollout buffer
+    :param num_timesteps: the algorithm's ``num_timesteps`` at the end of the rollout
+    :return: a description of the first non-finite quantity (name, value, step, env, timestep), or ``None``
+    """
+    n_steps, n_envs = rollout_buffer.buffer_size, rollout_buffer.n_envs
+    first_timestep = num_timesteps - n_steps * n_envs
+    for field, label in _ROLLOUT_FIELDS:
+        arrays = rollout_buffer.__dict__[field]
+        items = arrays.items() if isinstance(arrays, dict) else [(None, arrays)]
+        for key, array in items:
+            array = np.asarray(array)
+            if not np.issubdtype(array.dtype, np.floating) or np.isfinite(array).all():
+                continue
+            index = np.argwhere(~np.isfinite(array))[0]
+            if rollout_buffer.generator_ready:  # already flattened: [n_steps * n_envs, ...], env-major
+                env, step = divmod(int(index[0]), n_steps)
+            else:
+                step, env = int(index[0]), int(index[1])
+            name = label if key is None else f"{label} '{key}'"
+            return (
+                f"non-finite {name} ({array[tuple(index)]}) at rollout step {step} of env {env} "
+                f"(timestep {first_timestep + step * n_envs + env})"
+            )
+    return None
+
+
+class UpdateSnapshot:
+    """
+    A copy of what an update changes (policy parameters and buffers, optimizer state, extra attributes), to restore
+    it exactly if the update fails or is interrupted.
+
+    :param policy: the policy
+    :param owner: the algorithm, whose ``attributes`` are saved too
+    :param attributes: names of plain attributes of ``owner`` (counters, coefficients)
+    """
+
+    def __init__(self, policy: BasePolicy, owner: Any, attributes: tuple[str, ...] = ()) -> None:
+        self.policy = policy
+        self.owner = owner
+        self.state = {name: value.detach().clone() for name, value in policy.state_dict().items()}
+        self.optimizer_state = copy.deepcopy(policy.optimizer.state_dict())
+        self.attributes = {name: copy.deepcopy(getattr(owner, name)) for name in attributes}
+
+    def restore(self) -> None:
+        with th.no_grad():
+            self.policy.load_state_dict(self.state)
+        self.policy.optimizer.load_state_dict(self.optimizer_state)
+        for name, value in self.attributes.items():
+            setattr(self.owner, name, value)
+
+
+def all_finite(tensors: list[th.Tensor]) -> bool:
+    """
+    :param tensors: tensors (e.g. the parameters)
+    :return: whether every element of every tensor is finite (one reduction per tensor, one host sync)
+    """
+    if not tensors:
+        return True
+    return bool(th.isfinite(th.stack(th._foreach_norm(tensors))).all())
+
+
+def check_saved_model(path: Any, family: str, cls_name: str) -> None:
+    """
+    Check, before SB3's ``load()`` builds anything, that ``path`` is a readable model file saved by ``family``.
+
+    :param path: a path (``.zip`` may be omitted, as in SB3) or a file object
+    :param family: the value of ``_trust_algorithm`` the file must have (``"TrustPPO"`` or ``"TrustTRPO"``)
+    :param cls_name: the class ``load()`` was called on, for the message
+    :raises ValueError: when the file is unreadable, truncated or corrupted, or was saved by another algorithm
+    """
+    source = path
+    if isinstance(path, (str, pathlib.Path)) and not os.path.exists(path) and os.path.exists(f"{path}.zip"):
+        source = f"{path}.zip"
+    try:
+        if isinstance(source, io.IOBase):
+            position = source.tell()
+        with zipfile.ZipFile(source) as archive:
+            data = json.loads(archive.read("data").decode())
+            corrupted = archive.testzip()
+            if corrupted is not None:
+                raise zipfile.BadZipFile(f"bad CRC for {corrupted}")
+    except FileNotFoundError:
+        raise
+    except (zipfile.BadZipFile, KeyError, OSError, EOFError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"Cannot load {path!r}: not a readable SB3 model file (truncated or corrupted?): {error}") from error
+    finally:
+        if isinstance(source, io.IOBase):
+            source.seek(position)
+    saved_by = data.get("_trust_algorithm")
+    if saved_by != family:
+        origin = f"{saved_by}" if saved_by is not None else "another library's algorithm (not sb3_trust)"
+        raise ValueError(
+            f"Cannot load {path!r} with {cls_name}.load(): the file was saved by {origin}, not by {family}. "
+            f"Load it with the class that saved it."
+        )
