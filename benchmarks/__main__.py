@@ -4,7 +4,12 @@ import sys
 
 
 def main() -> None:
-    commands = {"compare": "benchmarks.compare", "throughput": "benchmarks.throughput"}
+    commands = {
+        "compare": "benchmarks.compare",
+        "throughput": "benchmarks.throughput",
+        "run": "benchmarks.runner",
+        "report": "benchmarks.report",
+    }
     if len(sys.argv) < 2 or sys.argv[1] not in commands:
         print(f"usage: python -m benchmarks {{{','.join(commands)}}} [options]", file=sys.stderr)
         sys.exit(2)
