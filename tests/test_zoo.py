@@ -156,6 +156,14 @@ def test_packaged_config(key):
                 assert entry[name] is not None
 
 
+@pytest.mark.parametrize("key", KEYS)
+def test_every_packaged_entry_trains(tmp_path, key):
+    """Each env entry of the file builds its envs (wrappers, normalization) and model, and trains a few steps."""
+    for env_id in REQUIRED_ENVS[1:]:
+        run(f"train --algo {key} --env {env_id} -n 8 -f {tmp_path} {QUIET} --hyperparams n_steps:8 batch_size:8")
+        assert (run_folder(tmp_path, key, env_id) / f"{env_id}.zip").is_file()
+
+
 def test_parse_schedule():
     assert isinstance(parse_schedule("kl_coef", "lin_0.5"), LinearSchedule)
     assert parse_schedule("kl_coef", "lin_0.5")(0.5) == pytest.approx(0.25)
