@@ -118,7 +118,7 @@ def test_non_finite_loss_restores_weights_and_optimizer_mid_update():
         return result
 
     model.policy.optimizer.step = poisoned_step
-    with pytest.raises(NonFiniteError, match="value_loss|parameters"):
+    with pytest.raises(NonFiniteError, match=r"value_loss|parameters"):
         model.learn(64, reset_num_timesteps=False)
     assert len(calls) >= 2
     assert _same(before, _params(model))
