@@ -36,7 +36,8 @@ def exact_kl(p: Distribution, q: Distribution) -> th.Tensor:
     :param q: second distribution
     :return: KL per state, shape ``[batch]``
     """
-    if type(p) is not type(q):
+    gaussians = (DiagGaussianDistribution, StateDependentNoiseDistribution)
+    if type(p) is not type(q) and not (isinstance(p, gaussians) and isinstance(q, gaussians)):
         raise TypeError(f"exact_kl needs two distributions of the same type, got {type(p).__name__} and {type(q).__name__}")
     if isinstance(p, MultiCategoricalDistribution):
         assert isinstance(q, MultiCategoricalDistribution)

@@ -1,4 +1,5 @@
 import io
+import os
 import pathlib
 import warnings
 from collections import defaultdict
@@ -7,6 +8,7 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 import torch as th
 from gymnasium import spaces
+from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
@@ -29,6 +31,17 @@ from sb3_trust.common.losses import (
     value_loss,
 )
 from sb3_trust.common.policy_utils import evaluate_actions_with_distribution, frozen_copy
+from sb3_trust.common.reference import (
+    REFERENCE_EXCLUDED_SAVE_PARAMS,
+    ReferencePolicy,
+    after_collection,
+    after_update,
+    check_reference_kwargs,
+    current_reference_coef,
+    init_reference,
+    reference_active,
+    setup_reference,
+)
 from sb3_trust.common.rollout import iterate_rollout_in_order
 from sb3_trust.common.safety import (
     NON_FINITE_ACTIONS,
@@ -48,6 +61,10 @@ from sb3_trust.common.validation import (
 )
 
 SelfTrustPPO = TypeVar("SelfTrustPPO", bound="TrustPPO")
+# π_old: its distribution parameters on the rollout (lean path) or a frozen copy of the policy (generic path)
+OldPolicy = tuple[th.Tensor, th.Tensor] | ActorCriticPolicy
+# π_ref for the loss placement of the reference KL: the same two forms, or None
+ReferenceSource = tuple[th.Tensor, th.Tensor] | ReferencePolicy | None
 
 
 class TrustPPO(OnPolicyAlgorithm):
@@ -123,6 +140,17 @@ class TrustPPO(OnPolicyAlgorithm):
         counts it in ``train/skipped_updates``. In both cases the weights and optimizer state from before the update
         are kept, so the model can still be saved. An exception or ``KeyboardInterrupt`` during an update also
         restores them.
+    :param reference_policy: NEW. A frozen reference policy π_ref to stay close to, as in RLHF fine-tuning: a path to a
+        saved SB3 model (recorded, and reloaded with the model), an SB3 model or an ``ActorCriticPolicy`` (not saved:
+        attach it again after ``load()`` with ``set_reference_policy``). Same observation and action spaces as the
+        env; any architecture. ``None`` (default): no reference. See ``sb3_trust.common.reference``.
+    :param reference_kl_coef: NEW. β of the reference penalty: a float, a schedule, or the initial value of the
+        adaptive controller
+    :param reference_kl_mode: NEW. ``"reward"`` (default, RLHF): ``r_t - β·(log π(a_t|s_t) - log π_ref(a_t|s_t))``
+        before GAE; ``"loss"``: ``β·mean KL(π ‖ π_ref)`` (exact, summed over action dimensions) added to the loss
+    :param reference_kl_target: NEW. Target of the proportional β controller of Ziegler et al. (2019), or ``None``
+        for a fixed or scheduled β
+    :param reference_kl_horizon: NEW. Horizon (in samples) of that controller
     :param stats_window_size: Window size for the rollout logging, specifying the number of episodes to average
         the reported success rate, mean episode length, and mean reward over
     :param tensorboard_log: the log location for tensorboard (if None, no logging)
@@ -167,6 +195,11 @@ class TrustPPO(OnPolicyAlgorithm):
         adaptive_kl_target: float | None = None,
         vf_clip_mode: str = "sb3",
         on_non_finite: str = "raise",
+        reference_policy: "str | os.PathLike | BaseAlgorithm | ActorCriticPolicy | None" = None,
+        reference_kl_coef: float | Schedule = 0.05,
+        reference_kl_mode: str = "reward",
+        reference_kl_target: float | None = None,
+        reference_kl_horizon: int = 10_000,
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
         policy_kwargs: dict[str, Any] | None = None,
@@ -199,6 +232,13 @@ class TrustPPO(OnPolicyAlgorithm):
         check_number("adaptive_kl_target", adaptive_kl_target, low=0.0, low_inclusive=False, allow_none=True)
         check_choice("vf_clip_mode", vf_clip_mode, VF_CLIP_MODES)
         check_choice("on_non_finite", on_non_finite, NON_FINITE_ACTIONS)
+        reference_kwargs = dict(
+            reference_kl_coef=reference_kl_coef,
+            reference_kl_mode=reference_kl_mode,
+            reference_kl_target=reference_kl_target,
+            reference_kl_horizon=reference_kl_horizon,
+        )
+        check_reference_kwargs(reference_policy, **reference_kwargs)
         if normalize_advantage and batch_size < 2:
             raise ValueError(
                 f"`batch_size` must be greater than 1 when `normalize_advantage=True`, got {batch_size} "
@@ -261,6 +301,8 @@ class TrustPPO(OnPolicyAlgorithm):
         self._kl_coef = float(kl_coef(1.0) if callable(kl_coef) else kl_coef)
         # Updates skipped because of non-finite numbers (on_non_finite="skip")
         self._n_skipped_updates = 0
+        # KL penalty toward a frozen reference policy (RLHF): settings, current β, the frozen policy
+        init_reference(self, reference_policy, reference_kwargs)
         # Frozen copy of the policy at the start of the update: π_old (rebuilt lazily, never saved)
         self._old_policy: ActorCriticPolicy | None = None
         self._fast_policy: FastActorCritic | None = None
@@ -278,20 +320,51 @@ class TrustPPO(OnPolicyAlgorithm):
         self.ent_coef_schedule = FloatSchedule(self.ent_coef)
         self.kl_coef_schedule = FloatSchedule(self.kl_coef)
         use_fused_adam(self.policy.optimizer, self.policy_kwargs)
+        setup_reference(self)
         self._old_policy = None
         self._fast_policy: FastActorCritic | None = None
         self._fast_policy_for = None
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "_old_policy", "_fast_policy", "_fast_policy_for"]
+        return [
+            *super()._excluded_save_params(),
+            "_old_policy",
+            "_fast_policy",
+            "_fast_policy_for",
+            *REFERENCE_EXCLUDED_SAVE_PARAMS,
+        ]
+
+    def set_reference_policy(self, reference_policy: "str | os.PathLike | BaseAlgorithm | ActorCriticPolicy") -> None:
+        """
+        Attach the frozen reference policy, e.g. after ``load()`` of a model whose reference was given as an object
+        (objects are not saved with the model; paths are, and are reloaded automatically).
+
+        :param reference_policy: a path to a saved SB3 model, an SB3 model or an ``ActorCriticPolicy`` with the same
+            observation and action spaces
+        """
+        check_reference_kwargs(
+            reference_policy,
+            self.reference_kl_coef,
+            self.reference_kl_mode,
+            self.reference_kl_target,
+            self.reference_kl_horizon,
+        )
+        is_path = isinstance(reference_policy, (str, os.PathLike))
+        self.reference_policy = os.fspath(reference_policy) if is_path else None  # type: ignore[arg-type]
+        self._reference_object = None if is_path else reference_policy
+        setup_reference(self)
 
     def collect_rollouts(
         self, env: VecEnv, callback: BaseCallback, rollout_buffer: RolloutBuffer, n_rollout_steps: int
     ) -> bool:
         fast = self._fast_path()
         if fast is None:
-            return super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps)
-        return collect_rollouts_fast(self, fast, env, callback, rollout_buffer, n_rollout_steps)
+            complete = super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps)
+        else:
+            complete = collect_rollouts_fast(self, fast, env, callback, rollout_buffer, n_rollout_steps)
+        if complete:
+            after_collection(self)  # reward shaping toward the reference policy, if any
+        return complete
 
     def _fast_path(self) -> FastActorCritic | None:
         """
@@ -334,7 +407,7 @@ class TrustPPO(OnPolicyAlgorithm):
             latent_pi, _ = fast.latent(rollout.observations)
             return fast.distribution_params(latent_pi)
 
-    def _rollout_kl(self, old: "tuple[th.Tensor, th.Tensor] | ActorCriticPolicy", rollout: FlatRollout | None) -> float:
+    def _rollout_kl(self, old: OldPolicy, rollout: FlatRollout | None) -> float:
         """
         :param old: π_old: its parameters on the rollout (lean path) or a frozen copy of the policy
         :param rollout: the rollout (lean path only)
@@ -358,43 +431,56 @@ class TrustPPO(OnPolicyAlgorithm):
     def _evaluate(
         self,
         rollout_data: RolloutBufferSamples | Minibatch,
-        old: "tuple[th.Tensor, th.Tensor] | ActorCriticPolicy",
+        old: OldPolicy,
         need_kl: bool,
-    ) -> tuple[th.Tensor, th.Tensor, th.Tensor | None, th.Tensor | None]:
+        reference: ReferenceSource,
+    ) -> tuple[th.Tensor, th.Tensor, th.Tensor | None, th.Tensor | None, th.Tensor | None]:
         """
         :param rollout_data: the minibatch
         :param old: π_old: its parameters on the whole rollout (lean path) or a frozen copy of the policy
         :param need_kl: whether to compute the exact KL(π_old ‖ π) (differentiable)
-        :return: values, log-likelihood of the actions, entropy (or ``None``), KL per state (or ``None``)
+        :param reference: π_ref for the loss term: its parameters on the whole rollout (lean path), the reference
+            policy (generic path), or ``None``
+        :return: values, log-likelihood of the actions, entropy (or ``None``), KL(π_old ‖ π) per state (or ``None``),
+            KL(π ‖ π_ref) per state (or ``None``)
         """
         actions = rollout_data.actions
         fast = self._fast_path()
+        kl = reference_kl = None
         if fast is not None and isinstance(rollout_data, Minibatch):
             latent_pi, latent_vf = fast.latent(rollout_data.observations)
             params = fast.distribution_params(latent_pi)
             log_prob, entropy = fast.log_prob_entropy(params, actions)
-            kl = None
+            indices = rollout_data.indices
             if need_kl:
                 assert isinstance(old, tuple)
-                old_params = (old[0][rollout_data.indices], old[1][rollout_data.indices])
-                kl = kl_from_params(old_params, params, fast.is_categorical)
-            return fast.values(latent_vf), log_prob, entropy, kl
+                kl = kl_from_params((old[0][indices], old[1][indices]), params, fast.is_categorical)
+            if reference is not None:
+                assert isinstance(reference, tuple)
+                reference_params = (reference[0][indices], reference[1][indices])
+                reference_kl = kl_from_params(params, reference_params, fast.is_categorical)
+            return fast.values(latent_vf), log_prob, entropy, kl, reference_kl
 
         if isinstance(self.action_space, spaces.Discrete):
             # Convert discrete action from float to long
             actions = rollout_data.actions.long().flatten()
-        if not need_kl:
+        if not need_kl and reference is None:
             values, log_prob, entropy = self.policy.evaluate_actions(rollout_data.observations, actions)
-            return values, log_prob, entropy, None
-        assert isinstance(old, ActorCriticPolicy)
+            return values, log_prob, entropy, None, None
         values, log_prob, entropy, distribution = evaluate_actions_with_distribution(
             self.policy,  # type: ignore[arg-type]
             rollout_data.observations,
             actions,
         )
-        with th.no_grad():
-            old_distribution = old.get_distribution(rollout_data.observations)
-        return values, log_prob, entropy, exact_kl(old_distribution, distribution)
+        if need_kl:
+            assert isinstance(old, ActorCriticPolicy)
+            with th.no_grad():
+                old_distribution = old.get_distribution(rollout_data.observations)
+            kl = exact_kl(old_distribution, distribution)
+        if reference is not None:
+            assert isinstance(reference, ReferencePolicy)
+            reference_kl = exact_kl(distribution, reference.distribution(rollout_data.observations))
+        return values, log_prob, entropy, kl, reference_kl
 
     def _policy_loss(
         self, ratio: th.Tensor, advantages: th.Tensor, kl: th.Tensor | None, clip_range: float, kl_coef: float
@@ -418,7 +504,7 @@ class TrustPPO(OnPolicyAlgorithm):
         if problem is not None:
             self._handle_non_finite(problem)
             return
-        snapshot = UpdateSnapshot(self.policy, self, ("_n_updates", "_kl_coef"))
+        snapshot = UpdateSnapshot(self.policy, self, ("_n_updates", "_kl_coef", "_reference_kl_coef"))
         try:
             self._update()
         except NonFiniteError as error:
@@ -447,6 +533,32 @@ class TrustPPO(OnPolicyAlgorithm):
                 f"non-finite {what} in update {self._n_updates}, epoch {epoch} (timestep {self.num_timesteps})"
             )
 
+    def _prepare_update(
+        self,
+    ) -> tuple[FlatRollout | None, OldPolicy, ReferenceSource, float]:
+        """
+        :return: the rollout as tensors (lean path) or ``None``; π_old (its distribution parameters on the rollout, or a
+            frozen copy of the policy); π_ref for the loss placement of the reference KL (parameters on the rollout,
+            the reference policy, or ``None``); β of the reference KL
+        """
+        # π_old, the policy before this update, for the exact KL: its distribution parameters on the rollout
+        # (lean path), or a frozen copy of the policy (generic path)
+        fast = self._fast_path()
+        rollout = FlatRollout(self.rollout_buffer, self.device) if fast is not None else None
+        old: OldPolicy
+        if fast is not None and rollout is not None:
+            old = self._old_distribution_params(fast, rollout)
+        else:
+            old = self._snapshot_old_policy()
+        # π_ref for the loss placement of the reference KL: its parameters on the rollout, or the frozen policy
+        reference: ReferenceSource = None
+        reference_coef = 0.0
+        if reference_active(self) and self.reference_kl_mode == "loss":
+            reference_coef = current_reference_coef(self)
+            reference = self._reference.distribution_params(rollout.observations) if rollout is not None else self._reference
+
+        return rollout, old, reference, reference_coef
+
     def _update(self) -> None:
         """
         One update (``n_epochs`` passes over the rollout), SB3 PPO's loop.
@@ -466,15 +578,7 @@ class TrustPPO(OnPolicyAlgorithm):
         kl_coef = self._current_kl_coef()
         need_kl = self.policy_loss == "kl_penalty"
 
-        # π_old, the policy before this update, for the exact KL: its distribution parameters on the rollout
-        # (lean path), or a frozen copy of the policy (generic path)
-        fast = self._fast_path()
-        rollout = FlatRollout(self.rollout_buffer, self.device) if fast is not None else None
-        old: tuple[th.Tensor, th.Tensor] | ActorCriticPolicy
-        if fast is not None and rollout is not None:
-            old = self._old_distribution_params(fast, rollout)
-        else:
-            old = self._snapshot_old_policy()
+        rollout, old, reference, reference_coef = self._prepare_update()
         parameters = list(self.policy.parameters())
 
         stats: dict[str, list[th.Tensor]] = defaultdict(list)
@@ -486,7 +590,7 @@ class TrustPPO(OnPolicyAlgorithm):
             # Do a complete pass on the rollout buffer (same minibatches and random draws on both paths)
             batches = rollout.minibatches(self.batch_size) if rollout is not None else self.rollout_buffer.get(self.batch_size)
             for rollout_data in batches:
-                values, log_prob, entropy, kl = self._evaluate(rollout_data, old, need_kl)
+                values, log_prob, entropy, kl, reference_kl = self._evaluate(rollout_data, old, need_kl, reference)
                 values = values.flatten()
                 # Normalize advantage (per minibatch, as SB3)
                 advantages = rollout_data.advantages
@@ -510,6 +614,9 @@ class TrustPPO(OnPolicyAlgorithm):
                     entropy_loss = -th.mean(entropy)
 
                 loss = policy_loss + ent_coef * entropy_loss + self.vf_coef * vf_loss
+                if reference_kl is not None:
+                    # KL(π ‖ π_ref) toward the frozen reference policy (RLHF), loss placement
+                    loss = loss + reference_coef * reference_kl.mean()
 
                 with th.no_grad():
                     stats["policy_gradient_loss"].append(policy_loss.detach())
@@ -553,6 +660,8 @@ class TrustPPO(OnPolicyAlgorithm):
         rollout_kl = self._rollout_kl(old, rollout)
         if self.adaptive_kl_target is not None:
             self._kl_coef = AdaptiveKLController(self.adaptive_kl_target).update(self._kl_coef, rollout_kl)
+        # KL(π ‖ π_ref) after the update: logged, and drives the reference β controller if any
+        after_update(self)
 
         means = {key: th.stack(values).mean().item() for key, values in stats.items()}
         # Logs: SB3's keys with SB3's meanings (approx_kl: mean over the last epoch; loss: last minibatch)
