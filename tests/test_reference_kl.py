@@ -74,7 +74,7 @@ def test_large_beta_stays_close_and_zero_beta_drifts(references, mode):
     """Fine-tuning starts from the reference's weights (KL = 0), as in RLHF."""
     base = TrustPPO.load(references["CartPole-v1"], device="cpu")
     kls = {}
-    for beta in (0.0, 5.0):
+    for beta in (0.0, 20.0):
         model = TrustPPO(
             "MlpPolicy",
             "CartPole-v1",
@@ -88,8 +88,8 @@ def test_large_beta_stays_close_and_zero_beta_drifts(references, mode):
         model.learn(1024)
         kls[beta] = _final_reference_kl(model)
     assert kls[0.0] > 0.03  # without the penalty the policy drifts away
-    assert kls[5.0] < kls[0.0] / 4
-    assert kls[5.0] < 0.02
+    assert kls[20.0] < kls[0.0] / 4
+    assert kls[20.0] < 0.01
 
 
 def test_adaptive_beta_moves_toward_target(references):
