@@ -169,6 +169,7 @@ class Results:
     :param records: number of result files read
     :param versions: distinct version sets of the finished runs, with their counts
     :param hosts: hosts of the finished runs, with their counts
+    :param excluded: stale runs left out of the statistics (``exclude_stale``)
     """
 
     groups: dict[tuple[str, str, int], Group]
@@ -176,6 +177,7 @@ class Results:
     records: int
     versions: dict[str, int]
     hosts: dict[str, int]
+    excluded: list[Run] = field(default_factory=list)
 
     def envs(self) -> list[str]:
         """:return: the envs, in suite order"""
@@ -261,7 +263,14 @@ def load_results(results_dir: str | Path, exclude_stale: bool = False, current: 
         for run_id in manifest.get("expected", []):
             env, label, timesteps, seed = parse_run_id(run_id)
             group_of(env, label, timesteps).expected.add(seed)
-    return Results(groups=groups, manifests=load_manifests(results_dir), records=count, versions=versions, hosts=hosts)
+    return Results(
+        groups=groups,
+        manifests=load_manifests(results_dir),
+        records=count,
+        versions=versions,
+        hosts=hosts,
+        excluded=stale_excluded,
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -879,7 +888,7 @@ def _failed_section(results: Results, results_dir: Path) -> str:
 
 
 def _stale_section(results: Results) -> str:
-    rows = []
+    rows = [[run.run_id + " (excluded)", "; ".join(run.stale)] for run in results.excluded]
     for group in results.groups.values():
         for run in group.runs:
             if run.stale:
@@ -953,7 +962,7 @@ def _build_report(results_dir: Path, out: Path, plots_dir: str | Path | None, re
     current = CurrentState()
     finished = sum(len(group.runs) for group in results.groups.values())
     failed = sum(len(group.failed) for group in results.groups.values())
-    stale = sum(group.stale_count for group in results.groups.values())
+    stale = sum(group.stale_count for group in results.groups.values()) + len(results.excluded)
     missing = sum(len(group.missing) for group in results.groups.values())
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     parts = [

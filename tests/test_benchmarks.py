@@ -1,0 +1,448 @@
+"""
+Tests of the benchmark infrastructure (benchmarks/runner.py, backends.py, report.py, suites.py): planning and bad
+input, tiny runs through the local and Ray backends, failures, resume after a killed sweep, and the report built from
+synthetic result files.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks import reference_scores as refs
+from benchmarks.report import build_report, permutation_test, verdict
+from benchmarks.runner import (
+    RunSpec,
+    algorithm_code_hash,
+    build_plan,
+    collect_versions,
+    is_finished,
+    jsonable,
+    load_record,
+    main,
+    parse_hyperparams,
+    parse_seeds,
+    save_record,
+    select_runs,
+)
+from benchmarks.suites import ALGOS, SUITES, BenchmarkInputError, get_algo, yml_entry
+
+REPO = Path(__file__).resolve().parent.parent
+# Tiny runs: CartPole-v1's zoo PPO rollout is 8 envs x 32 steps = 256 steps
+TINY = ["--timesteps", "512", "--eval-freq", "256", "--eval-episodes", "2", "--final-eval-episodes", "3"]
+
+
+def _record(path: Path) -> dict:
+    record = load_record(path)
+    assert record is not None, path
+    return record
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Planning and bad input
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_suites_and_plan():
+    plan = build_plan(suite="quick", seeds=[0, 1], check=False)
+    assert len(plan.specs) == 2 * len(SUITES["quick"].envs) * len(SUITES["quick"].algos)
+    assert {spec.algo for spec in plan.specs} == {
+        "ppo",
+        "trpo",
+        *("trust_ppo", "trust_ppo_kl", "trust_ppo_kl_fixed"),
+        "trust_trpo",
+        "trust_npg",
+    }
+    spec = next(spec for spec in plan.specs if spec.algo == "trpo" and spec.env == "CartPole-v1" and spec.seed == 1)
+    assert spec.timesteps == 100_000  # the zoo's budget
+    assert spec.run_id == "CartPole-v1/trpo/t100000/seed1"
+    assert spec.eval_seed == 10_001 and spec.eval_freq == 5000
+
+    mujoco = build_plan(suite="mujoco", seeds=[0], check=False)
+    unclipped = [spec for spec in mujoco.specs if spec.algo == "trust_ppo_unclipped"]
+    assert len(unclipped) == 4 and all(spec.zoo_key == "trust_ppo" for spec in unclipped)
+    assert all(
+        spec.hyperparams == {"policy_loss": "unclipped"} and spec.entry["policy_loss"] == "unclipped" for spec in unclipped
+    )
+    assert all(spec.timesteps == 1_000_000 for spec in mujoco.specs)
+    assert {"ppo", "trpo", "trust_ppo", "trust_ppo_kl", "trust_ppo_kl_fixed", "trust_trpo"} <= {s.algo for s in mujoco.specs}
+
+    # Filters narrow what runs, not what the sweep expects; overrides change the label
+    filtered = build_plan(suite="quick", envs=["Pendulum-v1"], algos=["ppo"], seeds=[0, 1, 2], timesteps=3000, check=False)
+    assert [spec.run_id for spec in filtered.specs] == [f"Pendulum-v1/ppo/t3000/seed{seed}" for seed in range(3)]
+    assert len(filtered.expected) == 3 * len(SUITES["quick"].envs) * len(SUITES["quick"].algos)
+    assert filtered.manifest_name == "quick-t3000"
+    custom = build_plan(envs=["CartPole-v1"], algos=["trust_ppo"], cli_hyperparams=["n_epochs:4"], check=False)
+    assert custom.specs[0].label.startswith("trust_ppo+") and custom.specs[0].hyperparams == {"n_epochs": 4}
+    assert custom.manifest_name.startswith("custom+")
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(suite="nope"), "valid suites: quick, classic, mujoco"),
+        (dict(suite="quick", envs=["Hopper-v4"]), "its envs: CartPole-v1, Pendulum-v1"),
+        (dict(suite="quick", algos=["trust_ppo_unclipped"]), "its algorithms: ppo, trpo"),
+        (dict(envs=["CartPole-v1"], algos=["ppo2"]), "valid algorithms: ppo, trpo, trust_ppo"),
+        (dict(envs=["NoSuchEnv-v0"], algos=["ppo"]), "not registered in gymnasium"),
+        (dict(envs=["MountainCar-v0"], algos=["trust_ppo"]), "valid envs: Acrobot-v1, CartPole-v1"),
+        (dict(envs=["CartPole-v1"]), "give --suite"),
+        (dict(suite="quick", timesteps=0), "--timesteps must be >= 1"),
+    ],
+)
+def test_bad_input_fails_fast(kwargs, message):
+    with pytest.raises(BenchmarkInputError, match=message.replace("(", r"\(").replace("+", r"\+")):
+        build_plan(check=False, **kwargs)
+
+
+def test_bad_input_cli(capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--suite", "bogus", "--results-dir", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert "valid suites: quick, classic, mujoco" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--suite", "quick", "--seeds", "x", "--results-dir", str(tmp_path)])
+    assert "--seeds 'x'" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_parsers():
+    assert parse_seeds("3") == [0, 1, 2]
+    assert parse_seeds("0,4,2") == [0, 2, 4]
+    assert parse_seeds("5-7") == [5, 6, 7]
+    for bad in ("0", "-1", "a", "1-x"):
+        with pytest.raises(BenchmarkInputError):
+            parse_seeds(bad)
+    assert parse_hyperparams(["policy_loss:unclipped", "learning_rate:1e-3", "clip_range_vf:None", "net:dict(a=1)"]) == {
+        "policy_loss": "unclipped",
+        "learning_rate": 1e-3,
+        "clip_range_vf": None,
+        "net": {"a": 1},
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Runs through the backends
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _check_finished(record: dict, algo: str, env: str = "CartPole-v1") -> None:
+    assert record["status"] == "finished", record.get("error")
+    assert record["run"]["algo"] == algo and record["run"]["env"] == env
+    assert record["run"]["timesteps"] == 512
+    timing = record["timing"]
+    assert timing["num_timesteps"] >= 512 and timing["steps_per_s"] > 0 and timing["torch_threads"] == 1
+    assert timing["train_s"] < timing["learn_s"]  # evaluation time is taken out
+    curve = record["curve"]
+    assert curve[0]["timesteps"] == 0 and curve[-1] == record["final"]
+    assert [point["timesteps"] for point in curve] == sorted(point["timesteps"] for point in curve)
+    assert len(curve[1]["returns"]) == 2 and len(record["final"]["returns"]) == 3
+    assert record["eval"]["seed"] == 10_000 and record["eval"]["deterministic"]
+    assert set(record["versions"]) >= {
+        "python",
+        "torch",
+        "stable_baselines3",
+        "sb3_contrib",
+        "rl_zoo3",
+        "gymnasium",
+        "sb3_trust",
+    }
+    assert record["code"]["hash"] == algorithm_code_hash()["hash"]
+    assert record["config"]["entry"] == jsonable(yml_entry(get_algo(algo), env))
+    assert record["config"]["n_envs"] == record["config"]["entry"]["n_envs"]
+
+
+def test_local_backend_and_timeout(tmp_path, capsys):
+    results = tmp_path / "results"
+    main(["--env", "CartPole-v1", "--algo", "ppo", "trust_ppo", "--jobs", "2", "--results-dir", str(results), *TINY])
+    out = capsys.readouterr().out
+    assert "2 runs: 2 to do, 0 already done" in out and "done: 2 finished, 0 failed" in out
+    for algo in ("ppo", "trust_ppo"):
+        record = _record(results / f"CartPole-v1/{algo}/t512/seed0.json")
+        _check_finished(record, algo)
+        assert (results / f"logs/CartPole-v1/{algo}/t512/seed0.log").is_file()
+    manifest = _record(results / "sweeps/custom-t512.json")
+    assert manifest["expected"] == ["CartPole-v1/ppo/t512/seed0", "CartPole-v1/trust_ppo/t512/seed0"]
+    # Same results as SB3 PPO: TrustPPO's default settings make the same updates (same seed, same config)
+    ppo, ours = (_record(results / f"CartPole-v1/{algo}/t512/seed0.json") for algo in ("ppo", "trust_ppo"))
+    assert ours["final"]["returns"] == ppo["final"]["returns"]
+
+    # A rerun skips finished runs; a run killed by --timeout is recorded as failed and the exit status says so
+    main(["--env", "CartPole-v1", "--algo", "ppo", "trust_ppo", "--results-dir", str(results), *TINY])
+    assert "0 to do, 2 already done" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--env", "CartPole-v1", "--algo", "trpo", "--results-dir", str(results), "--timeout", "0.5", *TINY])
+    assert exit_info.value.code == 1
+    failed = _record(results / "CartPole-v1/trpo/t512/seed0.json")
+    assert failed["status"] == "failed" and failed["error"]["type"] == "Timeout"
+    assert not list(results.rglob("*.tmp*"))
+
+
+def test_ray_backend(tmp_path, capsys):
+    pytest.importorskip("ray")
+    results = tmp_path / "results"
+    main(
+        [
+            "--env",
+            "CartPole-v1",
+            "--algo",
+            "trust_ppo",
+            "--backend",
+            "ray",
+            "--jobs",
+            "1",
+            "--results-dir",
+            str(results),
+            *TINY,
+        ]
+    )
+    assert "done: 1 finished, 0 failed" in capsys.readouterr().out
+    record = _record(results / "CartPole-v1/trust_ppo/t512/seed0.json")
+    _check_finished(record, "trust_ppo")
+    assert record["host"]["hostname"]
+
+
+def test_failed_run_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch, capsys):
+    from benchmarks import runner
+
+    original = runner._train_and_evaluate
+
+    def crash_for_trpo(spec, progress):
+        if spec.algo == "trpo":
+            raise RuntimeError("boom")
+        return original(spec, progress)
+
+    monkeypatch.setattr(runner, "_train_and_evaluate", crash_for_trpo)
+    results = tmp_path / "results"
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            [
+                "--env",
+                "CartPole-v1",
+                "--algo",
+                "trpo",
+                "trust_ppo",
+                "--backend",
+                "inline",
+                "--results-dir",
+                str(results),
+                *TINY,
+            ]
+        )
+    assert exit_info.value.code == 1
+    captured = capsys.readouterr()
+    assert "FAILED  RuntimeError" in captured.out and "1 failed runs" in captured.err
+    failed = _record(results / "CartPole-v1/trpo/t512/seed0.json")
+    assert (
+        failed["status"] == "failed"
+        and failed["error"]["message"] == "boom"
+        and "RuntimeError" in failed["error"]["traceback"]
+    )
+    assert is_finished(_record(results / "CartPole-v1/trust_ppo/t512/seed0.json"))
+    # failed runs are redone by default, kept with --skip-failed
+    plan = build_plan(envs=["CartPole-v1"], algos=["trpo", "trust_ppo"], timesteps=512, check=False)
+    assert [spec.algo for spec in select_runs(plan, results)[0]] == ["trpo"]
+    assert select_runs(plan, results, rerun_failed=False)[0] == []
+
+
+def test_resume_after_killed_sweep(tmp_path):
+    """Kill a sweep while its second run is in flight: the rerun skips the finished run and redoes the other."""
+    results = tmp_path / "results"
+    args = ["--env", "CartPole-v1", "--algo", "trust_ppo", "--seeds", "2", "--results-dir", str(results), *TINY[:2]]
+    args += ["--eval-episodes", "2", "--final-eval-episodes", "3"]
+    first, second = results / "CartPole-v1/trust_ppo/t512/seed0.json", results / "CartPole-v1/trust_ppo/t512/seed1.json"
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks", "run", "--backend", "inline", *args],
+        cwd=REPO,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not first.exists() and time.monotonic() < deadline and sweep.poll() is None:
+            time.sleep(0.02)
+        assert first.exists(), "the first run did not finish"
+    finally:
+        os.killpg(sweep.pid, signal.SIGKILL)
+        sweep.wait()
+    if second.exists():  # the second run finished within the polling interval: make it unfinished by hand
+        second.unlink()
+    # a writer killed mid-write leaves at most a temporary file, never a partial result
+    partial = second.with_name(second.name + ".tmp.12345.deadbeef")
+    partial.write_text('{"status": "fini')
+    finished_before = _record(first)
+
+    plan = build_plan(envs=["CartPole-v1"], algos=["trust_ppo"], seeds=[0, 1], timesteps=512, check=False)
+    todo, skipped = select_runs(plan, results)
+    assert [spec.seed for spec in todo] == [1] and [spec.seed for spec in skipped] == [0]
+    assert not partial.exists()
+    main(["--backend", "inline", *args])
+    assert _record(first) == finished_before  # untouched
+    assert is_finished(_record(second))
+    assert not list(results.rglob("*.tmp*"))
+
+
+def test_save_record_is_atomic(tmp_path):
+    path = tmp_path / "a" / "seed0.json"
+    save_record(path, {"status": "finished", "x": 1})
+    assert json.loads(path.read_text()) == {"status": "finished", "x": 1}
+    assert [p.name for p in path.parent.iterdir()] == ["seed0.json"]
+    with pytest.raises(ValueError):
+        save_record(path, {"x": float("nan")})  # a failed write leaves the old file and no temporary file
+    assert json.loads(path.read_text()) == {"status": "finished", "x": 1}
+    assert [p.name for p in path.parent.iterdir()] == ["seed0.json"]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The report, from synthetic result files
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def fake_record(algo: str, env: str, seed: int, final: float, steps_per_s: float, timesteps: int = 100_000, **changes) -> dict:
+    """A finished-run record as the runner writes it, with made-up scores, for the current code and configs."""
+    bench = ALGOS[algo]
+    spec = RunSpec(algo=algo, zoo_key=bench.zoo_key, label=algo, env=env, seed=seed, timesteps=timesteps)
+    points = np.linspace(0, timesteps, 6)
+    returns = np.linspace(refs.RANDOM_SCORES.get(env, 0.0), final, 6)
+    curve = [
+        {"timesteps": int(t), "mean": float(r), "std": 1.0, "returns": [float(r)], "lengths": [1]}
+        for t, r in zip(points, returns, strict=True)
+    ]
+    record = {
+        "schema": 1,
+        "status": "finished",
+        "run_id": spec.run_id,
+        "run": {
+            "algo": algo,
+            "zoo_key": bench.zoo_key,
+            "label": algo,
+            "env": env,
+            "seed": seed,
+            "timesteps": timesteps,
+            "hyperparams": dict(bench.hyperparams),
+            "cli_hyperparams": {},
+        },
+        "curve": curve,
+        "final": curve[-1],
+        "timing": {"steps_per_s": steps_per_s, "train_s": timesteps / steps_per_s, "num_timesteps": timesteps},
+        "versions": collect_versions(),
+        "code": {"hash": algorithm_code_hash()["hash"]},
+        "config": {"entry": jsonable(yml_entry(bench, env))},
+        "host": {"hostname": "testhost", "cpu": "test cpu"},
+    }
+    record.update(changes)
+    return record
+
+
+def test_permutation_test_and_verdict():
+    low, high = [1.0, 2.0, 3.0, 4.0, 5.0], [11.0, 12.0, 13.0, 14.0, 15.0]
+    assert permutation_test(high, low) == pytest.approx(2 / 252)  # exact: the two extreme splits of 252
+    assert permutation_test(low, low) == 1.0
+    assert permutation_test(np.arange(12.0), np.arange(12.0) + 100) < 0.001  # C(24, 12) > 20000: random permutations
+    from benchmarks.report import Group, Run
+
+    def group(values):
+        runs = [Run(f"r{i}", i, v, 1.0, np.zeros(1), np.zeros(1), "h", []) for i, v in enumerate(values)]
+        return Group("CartPole-v1", "x", 1, runs=runs)
+
+    assert verdict(group(high), group(low))[0] == "better"
+    assert verdict(group(low), group(high))[0] == "worse"
+    assert verdict(group(low), group([2.0, 3.0, 1.0, 5.0, 4.0]))[0] == "matches"
+    assert verdict(group(low[:3]), group(high[:3]))[0].startswith("n/a")
+    assert verdict(group(low), None)[0] == "no reference runs"
+
+
+def test_report_from_fixture_results(tmp_path):
+    results = tmp_path / "results"
+    rng = np.random.default_rng(0)
+    scores = {
+        # env: algo -> (mean final score, steps/s)
+        "CartPole-v1": {
+            "ppo": (300.0, 5000.0),
+            "trust_ppo": (480.0, 6000.0),
+            "trpo": (400.0, 3000.0),
+            "trust_trpo": (400.0, 3300.0),
+        },
+        "Pendulum-v1": {"ppo": (-300.0, 2500.0), "trust_ppo": (-310.0, 2400.0)},
+        "Hopper-v4": {"ppo": (2000.0, 900.0), "trust_ppo": (2400.0, 950.0), "trust_ppo_kl": (1800.0, 940.0)},
+        "HalfCheetah-v4": {"ppo": (3000.0, 800.0), "trust_ppo": (3500.0, 850.0), "trust_ppo_kl": (2500.0, 840.0)},
+    }
+    for env, algos in scores.items():
+        for algo, (mean, speed) in algos.items():
+            for seed in range(5):
+                final = mean + (10.0 if env != "CartPole-v1" else 1.0) * rng.standard_normal()
+                timesteps = 1_000_000 if env.endswith("-v4") else 100_000
+                record = fake_record(algo, env, seed, final, speed * (1 + 0.01 * seed), timesteps=timesteps)
+                save_record(results / f"{record['run_id']}.json", record)
+    for env in ("Hopper-v4", "HalfCheetah-v4"):  # the other two PPO variants of the paper's Table 1
+        for algo, mean in (("trust_ppo_kl_fixed", 1500.0), ("trust_ppo_unclipped", 300.0)):
+            for seed in range(5):
+                record = fake_record(algo, env, seed, mean + 10 * seed, 900.0, timesteps=1_000_000)
+                save_record(results / f"{record['run_id']}.json", record)
+    # a stale run (older algorithm code), a failed run, and a sweep that expects more seeds than there are
+    stale = fake_record("trust_trpo", "Pendulum-v1", 0, -200.0, 3000.0, code={"hash": "0123456789abcdef"})
+    save_record(results / f"{stale['run_id']}.json", stale)
+    failed = fake_record("trust_npg", "CartPole-v1", 3, 0.0, 1.0)
+    failed.update(status="failed", error={"type": "ValueError", "message": "nope\nbad batch size", "traceback": ""})
+    save_record(results / f"{failed['run_id']}.json", failed)
+    expected = [f"CartPole-v1/{algo}/t100000/seed{seed}" for algo in ("ppo", "trust_ppo", "trust_npg") for seed in range(7)]
+    save_record(
+        results / "sweeps/quick.json", {"name": "quick", "seeds": list(range(7)), "timesteps": None, "expected": expected}
+    )
+
+    out = tmp_path / "report" / "RESULTS.md"
+    report = build_report(results, out, reps=200)
+    text = out.read_text()
+    assert text == report.markdown
+
+    # plots exist, are PNGs, and are linked at the top
+    names = sorted(path.name for path in report.plots)
+    assert names == sorted(
+        [f"curves_{env}.png" for env in scores]
+        + ["aggregate_quick.png", "profile_quick.png", "aggregate_mujoco.png", "profile_mujoco.png"]
+    )
+    for path in report.plots:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+        assert f"(plots/{path.name})" in text.split("## How to read this")[0]
+
+    # per-env tables: scores, IQM with CI, published number, speed ratio, verdict
+    row = next(line for line in text.splitlines() if line.startswith("| **trust_ppo** | 100k | 5/7"))
+    assert (
+        "480." in row and "500.0 ± 0.0 (RL Zoo, CartPole-v1, 100k)" in row and "1.20×" in row and "better (p = 0.008)" in row
+    )
+    row = next(line for line in text.splitlines() if line.startswith("| **trust_ppo** | 100k | 5/5 |") and "-31" in line)
+    assert "matches" in row or "worse" in row
+    assert "| **trust_trpo** | 100k | 5/5 |" in text and "1.10×" in text
+    assert "| ppo | 100k | 5/7 |" in text and "reference" in text
+    assert "[" in row and "]" in row  # IQM CI
+    assert "published on -v3 (mujoco-py)" in text  # env caveat
+    assert "two-sided permutation test" in text and "normalised score = (return − random)" in text
+
+    # missing, failed and stale runs are shown
+    missing = text.split("## Missing runs")[1].split("##")[0]
+    assert (
+        "| CartPole-v1 | ppo | 100k | 5, 6 |" in missing and "| CartPole-v1 | trust_npg | 100k | 0, 1, 2, 4, 5, 6 |" in missing
+    )
+    failed_section = text.split("## Failed runs")[1].split("##")[0]
+    assert "ValueError: bad batch size" in failed_section and "trust_npg" in failed_section
+    stale_section = text.split("## Stale runs")[1].split("##")[0]
+    assert (
+        "Pendulum-v1/trust_trpo/t100000/seed0" in stale_section and "algorithm code changed (0123456789abcdef" in stale_section
+    )
+    assert "| quick | 0, 1, 2, 3, 4, 5, 6 | zoo's | 21 | 10 | 1 | 0 | 10 |" in text
+
+    # aggregates and the PPO paper ordering
+    assert "### quick: CartPole-v1, Pendulum-v1" in text and "### mujoco: Hopper-v4, HalfCheetah-v4" in text
+    assert "*Left out:* trpo (no finished runs on Pendulum-v1)" in text
+    assert "**Ordering reproduced**" in text
+
+    # excluding stale runs
+    report = build_report(results, tmp_path / "other" / "RESULTS.md", reps=200, exclude_stale=True)
+    assert "(excluded from the statistics)" in report.markdown
