@@ -1,4 +1,7 @@
-"""``python -m benchmarks <command> [options]``: ``compare`` (the quick side-by-side)."""
+"""
+``python -m benchmarks <command> [options]``: ``compare`` (the quick side-by-side), ``run`` / ``report`` (the seeded
+suites and RESULTS.md), ``throughput`` (speed against the references), ``soak`` (1M-step memory soak).
+"""
 
 import sys
 
@@ -9,6 +12,7 @@ def main() -> None:
         "throughput": "benchmarks.throughput",
         "run": "benchmarks.runner",
         "report": "benchmarks.report",
+        "soak": "benchmarks.soak",
     }
     if len(sys.argv) < 2 or sys.argv[1] not in commands:
         print(f"usage: python -m benchmarks {{{','.join(commands)}}} [options]", file=sys.stderr)
