@@ -25,6 +25,7 @@ import json
 import math
 import os
 import platform
+import signal
 import socket
 import subprocess
 import sys
@@ -1120,6 +1121,10 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """
     ``python -m benchmarks run``.
@@ -1170,12 +1175,19 @@ def main(argv: list[str] | None = None) -> None:
         return
     write_manifest(results_dir, plan)
     progress = Progress(len(todo), skipped=len(skipped), total_steps=sum(spec.timesteps for spec in todo))
+    # `kill <pid>` stops the sweep as Ctrl-C does: the runs in flight are stopped, finished results are kept
+    previous = signal.getsignal(signal.SIGTERM)
+    with contextlib.suppress(ValueError):  # not in the main thread
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
         backend.run(todo, results_dir, progress)
     except KeyboardInterrupt:
         progress.close()
         print(f"interrupted: the runs in flight are lost; rerun the same command to resume ({results_dir})", file=sys.stderr)
         raise SystemExit(130) from None
+    finally:
+        with contextlib.suppress(ValueError, TypeError):
+            signal.signal(signal.SIGTERM, previous)
     progress.close()
     if progress.failed:
         print(f"{len(progress.failed)} failed runs (their errors are in their result files):", file=sys.stderr)
