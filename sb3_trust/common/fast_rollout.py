@@ -56,6 +56,22 @@ class FlatRollout:
         def as_tensor(array: np.ndarray) -> th.Tensor:
             return th.as_tensor(array, device=device)
 
+        # One [n_samples, width] table of every field, so that a minibatch is a single indexing operation
+        columns = [
+            rollout_buffer.observations.reshape(self.n_samples, -1),
+            rollout_buffer.actions.reshape(self.n_samples, -1),
+            rollout_buffer.values.reshape(self.n_samples, 1),
+            rollout_buffer.log_probs.reshape(self.n_samples, 1),
+            rollout_buffer.advantages.reshape(self.n_samples, 1),
+            rollout_buffer.returns.reshape(self.n_samples, 1),
+        ]
+        self.same_dtype = all(column.dtype == np.float32 for column in columns)
+        self.obs_shape = rollout_buffer.observations.shape[1:]
+        self.action_shape = rollout_buffer.actions.shape[1:]
+        if self.same_dtype:
+            self.table = th.as_tensor(np.concatenate(columns, axis=1), device=device)
+            widths = [column.shape[1] for column in columns]
+            self.splits = widths
         self.observations = as_tensor(rollout_buffer.observations)
         self.actions = as_tensor(rollout_buffer.actions)
         self.old_values = as_tensor(rollout_buffer.values).flatten()
@@ -84,6 +100,18 @@ class FlatRollout:
             batch_size = self.n_samples
         for start in range(0, self.n_samples, batch_size):
             indices = permutation[start : start + batch_size]
+            if self.same_dtype:
+                obs, actions, values, log_prob, advantages, returns = th.split(self.table[indices], self.splits, dim=1)
+                yield Minibatch(
+                    obs.reshape(-1, *self.obs_shape),
+                    actions.reshape(-1, *self.action_shape),
+                    values.flatten(),
+                    log_prob.flatten(),
+                    advantages.flatten(),
+                    returns.flatten(),
+                    indices,
+                )
+                continue
             yield Minibatch(
                 self.observations[indices],
                 self.actions[indices],

@@ -64,6 +64,18 @@ def find_non_finite_in_rollout(rollout_buffer: RolloutBuffer, num_timesteps: int
     return None
 
 
+def _clone_state(state: Any) -> Any:
+    """A deep copy of an optimizer ``state_dict()`` (nested dicts and lists of tensors and plain values), cheaper than
+    ``copy.deepcopy``."""
+    if isinstance(state, th.Tensor):
+        return state.detach().clone()
+    if isinstance(state, dict):
+        return {key: _clone_state(value) for key, value in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(_clone_state(value) for value in state)
+    return copy.copy(state)
+
+
 class UpdateSnapshot:
     """
     A copy of what an update changes (policy parameters and buffers, optimizer state, extra attributes), to restore
@@ -78,7 +90,7 @@ class UpdateSnapshot:
         self.policy = policy
         self.owner = owner
         self.state = {name: value.detach().clone() for name, value in policy.state_dict().items()}
-        self.optimizer_state = copy.deepcopy(policy.optimizer.state_dict())
+        self.optimizer_state = _clone_state(policy.optimizer.state_dict())
         self.attributes = {name: copy.deepcopy(getattr(owner, name)) for name in attributes}
 
     def restore(self) -> None:
