@@ -120,23 +120,35 @@ class FastActorCritic:
         # SB3 DiagGaussianDistribution: std = ones_like(mean) * exp(log_std)
         return out, th.ones_like(out) * self.policy.log_std.exp()
 
-    def log_prob_entropy(self, params: tuple[th.Tensor, th.Tensor], actions: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+    def log_prob(self, params: tuple[th.Tensor, th.Tensor], actions: th.Tensor) -> th.Tensor:
         """
         :param params: output of ``distribution_params``
         :param actions: actions (Discrete: shape [batch] or [batch, 1], any dtype; Box: [batch, action_dim])
-        :return: log-likelihood of the actions and entropy, shape [batch], summed over action dimensions
+        :return: log-likelihood of the actions, shape [batch], summed over action dimensions
+        """
+        if self.is_categorical:
+            logits, _ = params
+            return logits.gather(-1, actions.long().reshape(-1, 1)).squeeze(-1)
+        mean, std = params
+        return (-((actions - mean) ** 2) / (2 * std**2) - std.log() - _LOG_SQRT_2PI).sum(dim=1)
+
+    def entropy(self, params: tuple[th.Tensor, th.Tensor]) -> th.Tensor:
+        """
+        :param params: output of ``distribution_params``
+        :return: entropy, shape [batch], summed over action dimensions
         """
         if self.is_categorical:
             logits, probs = params
-            index = actions.long().reshape(-1, 1)
-            log_prob = logits.gather(-1, index).squeeze(-1)
             min_real = th.finfo(logits.dtype).min
-            entropy = -(th.clamp(logits, min=min_real) * probs).sum(-1)
-            return log_prob, entropy
-        mean, std = params
-        log_prob = -((actions - mean) ** 2) / (2 * std**2) - std.log() - _LOG_SQRT_2PI
-        entropy = _ENTROPY_CONST + th.log(std)
-        return log_prob.sum(dim=1), entropy.sum(dim=1)
+            return -(th.clamp(logits, min=min_real) * probs).sum(-1)
+        _, std = params
+        return (_ENTROPY_CONST + th.log(std)).sum(dim=1)
+
+    def log_prob_entropy(self, params: tuple[th.Tensor, th.Tensor], actions: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+        """
+        :return: ``log_prob(params, actions)`` and ``entropy(params)``
+        """
+        return self.log_prob(params, actions), self.entropy(params)
 
     def evaluate_actions(self, obs: th.Tensor, actions: th.Tensor) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
         """
@@ -175,15 +187,13 @@ class FastActorCritic:
                 actions = mean
             else:
                 actions = mean + th.empty(mean.shape, dtype=mean.dtype, device=mean.device).normal_() * std
-        log_prob, _ = self.log_prob_entropy(params, actions)
+        log_prob = self.log_prob(params, actions)
         if not self.is_categorical:
             actions = actions.reshape((-1, self.action_dim))
         return actions, values, log_prob
 
 
-def kl_from_params(
-    old: tuple[th.Tensor, th.Tensor], new: tuple[th.Tensor, th.Tensor], is_categorical: bool
-) -> th.Tensor:
+def kl_from_params(old: tuple[th.Tensor, th.Tensor], new: tuple[th.Tensor, th.Tensor], is_categorical: bool) -> th.Tensor:
     """
     Closed-form KL(old ‖ new) from the parameters returned by ``FastActorCritic.distribution_params``, summed over
     action dimensions (the same value as ``sb3_trust.common.kl.exact_kl`` on the distribution objects).

@@ -434,6 +434,7 @@ class TrustPPO(OnPolicyAlgorithm):
         old: OldPolicy,
         need_kl: bool,
         reference: ReferenceSource,
+        entropy_grad: bool = True,
     ) -> tuple[th.Tensor, th.Tensor, th.Tensor | None, th.Tensor | None, th.Tensor | None]:
         """
         :param rollout_data: the minibatch
@@ -441,6 +442,7 @@ class TrustPPO(OnPolicyAlgorithm):
         :param need_kl: whether to compute the exact KL(π_old ‖ π) (differentiable)
         :param reference: π_ref for the loss term: its parameters on the whole rollout (lean path), the reference
             policy (generic path), or ``None``
+        :param entropy_grad: whether the entropy takes part in the loss (``ent_coef != 0``)
         :return: values, log-likelihood of the actions, entropy (or ``None``), KL(π_old ‖ π) per state (or ``None``),
             KL(π ‖ π_ref) per state (or ``None``)
         """
@@ -450,7 +452,13 @@ class TrustPPO(OnPolicyAlgorithm):
         if fast is not None and isinstance(rollout_data, Minibatch):
             latent_pi, latent_vf = fast.latent(rollout_data.observations)
             params = fast.distribution_params(latent_pi)
-            log_prob, entropy = fast.log_prob_entropy(params, actions)
+            log_prob = fast.log_prob(params, actions)
+            if entropy_grad:
+                entropy = fast.entropy(params)
+            else:
+                # ent_coef == 0: the entropy is only logged, so keep it out of the backward pass (same gradients)
+                with th.no_grad():
+                    entropy = fast.entropy(params)
             indices = rollout_data.indices
             if need_kl:
                 assert isinstance(old, tuple)
@@ -522,16 +530,28 @@ class TrustPPO(OnPolicyAlgorithm):
         warnings.warn(f"{type(self).__name__}: {message}; skipped ({self._n_skipped_updates} so far)")
         self.logger.record("train/skipped_updates", self._n_skipped_updates)
 
-    def _check_finite_step(self, loss: th.Tensor, terms: dict[str, th.Tensor], epoch: int) -> None:
+    def _optimizer_step(self, loss: th.Tensor, parameters: list[th.Tensor], terms: dict[str, th.Tensor], epoch: int) -> None:
         """
-        Raise ``NonFiniteError`` naming the first non-finite term, before the optimizer step applies it.
-        One host sync per minibatch.
+        SB3's step: zero the gradients, backpropagate, clip the gradient norm, step. Before the step, raise
+        ``NonFiniteError`` naming the first non-finite term (one host sync per minibatch).
+
+        :param loss: the loss
+        :param parameters: the policy's parameters
+        :param terms: the loss terms, for the message
+        :param epoch: the epoch, for the message
         """
-        if not bool(th.isfinite(loss) & th.isfinite(terms["gradient_norm"])):
+        for parameter in parameters:  # optimizer.zero_grad() (set_to_none), without its profiler wrapper
+            parameter.grad = None
+        loss.backward()
+        # Clip grad norm (same operations as th.nn.utils.clip_grad_norm_)
+        grad_norm = clip_grad_norm(parameters, self.max_grad_norm)
+        if not bool(th.isfinite(loss + grad_norm)):  # NaN/inf propagate through the sum
+            terms = {**terms, "gradient_norm": grad_norm}
             what = next((name for name, value in terms.items() if not th.isfinite(value)), "loss")
             raise NonFiniteError(
                 f"non-finite {what} in update {self._n_updates}, epoch {epoch} (timestep {self.num_timesteps})"
             )
+        self.policy.optimizer.step()
 
     def _prepare_update(
         self,
@@ -590,7 +610,10 @@ class TrustPPO(OnPolicyAlgorithm):
             # Do a complete pass on the rollout buffer (same minibatches and random draws on both paths)
             batches = rollout.minibatches(self.batch_size) if rollout is not None else self.rollout_buffer.get(self.batch_size)
             for rollout_data in batches:
-                values, log_prob, entropy, kl, reference_kl = self._evaluate(rollout_data, old, need_kl, reference)
+                entropy_grad = ent_coef != 0
+                values, log_prob, entropy, kl, reference_kl = self._evaluate(
+                    rollout_data, old, need_kl, reference, entropy_grad
+                )
                 values = values.flatten()
                 # Normalize advantage (per minibatch, as SB3)
                 advantages = rollout_data.advantages
@@ -640,13 +663,8 @@ class TrustPPO(OnPolicyAlgorithm):
                     break
 
                 # Optimization step
-                self.policy.optimizer.zero_grad()
-                loss.backward()
-                # Clip grad norm (same operations as th.nn.utils.clip_grad_norm_)
-                grad_norm = clip_grad_norm(parameters, self.max_grad_norm)
-                terms = dict(policy_loss=policy_loss, value_loss=vf_loss, entropy_loss=entropy_loss, gradient_norm=grad_norm)
-                self._check_finite_step(loss, terms, epoch)
-                self.policy.optimizer.step()
+                terms = dict(policy_loss=policy_loss, value_loss=vf_loss, entropy_loss=entropy_loss)
+                self._optimizer_step(loss, parameters, terms, epoch)
 
             self._n_updates += 1
             if not continue_training:
