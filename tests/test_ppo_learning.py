@@ -1,49 +1,22 @@
 """
-Learning tests: TrustPPO reaches the score thresholds of the issue with rl-zoo3's own ppo.yml configs.
-The configs are copied from rl-zoo3 2.9 (hyperparams/ppo.yml); ``lin_X`` is rl-zoo3's linear schedule from X to 0.
+Learning tests: TrustPPO reaches the score thresholds of the issue with rl-zoo3's own ppo.yml configs
+(read from the installed rl-zoo3, so they cannot drift from the zoo).
 """
 
 import pytest
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 
-from sb3_trust import TrustPPO, linear_schedule
-
-ZOO_CARTPOLE = dict(
-    n_envs=8,
-    n_timesteps=100_000,
-    kwargs=dict(
-        n_steps=32,
-        batch_size=256,
-        gae_lambda=0.8,
-        gamma=0.98,
-        n_epochs=20,
-        ent_coef=0.0,
-        learning_rate=linear_schedule(0.001),
-        clip_range=linear_schedule(0.2),
-    ),
-)
-ZOO_PENDULUM = dict(
-    n_envs=4,
-    n_timesteps=100_000,
-    kwargs=dict(
-        n_steps=1024,
-        gae_lambda=0.95,
-        gamma=0.9,
-        n_epochs=10,
-        ent_coef=0.0,
-        learning_rate=1e-3,
-        clip_range=0.2,
-        use_sde=True,
-        sde_sample_freq=4,
-    ),
-)
+from benchmarks.zoo_configs import load_zoo_config
+from sb3_trust import TrustPPO
 
 
-def _train_and_evaluate(env_id: str, config: dict, seed: int, **variant) -> float:
-    env = make_vec_env(env_id, n_envs=config["n_envs"], seed=seed)
-    model = TrustPPO("MlpPolicy", env, seed=seed, device="cpu", **config["kwargs"], **variant)
-    model.learn(config["n_timesteps"])
+def _train_and_evaluate(env_id: str, seed: int, **variant) -> float:
+    config = load_zoo_config("ppo", env_id)
+    assert config.normalize is None
+    env = make_vec_env(env_id, n_envs=config.n_envs, seed=seed)
+    model = TrustPPO(config.policy, env, seed=seed, device="cpu", **config.kwargs, **variant)
+    model.learn(config.n_timesteps)
     eval_env = make_vec_env(env_id, n_envs=1, seed=seed + 1000)
     mean_return, _ = evaluate_policy(model, eval_env, n_eval_episodes=10, deterministic=True)
     return mean_return
@@ -56,10 +29,10 @@ def _train_and_evaluate(env_id: str, config: dict, seed: int, **variant) -> floa
     ids=["clip", "adaptive-kl"],
 )
 def test_cartpole_reaches_475(variant):
-    assert _train_and_evaluate("CartPole-v1", ZOO_CARTPOLE, seed=0, **variant) >= 475
+    assert _train_and_evaluate("CartPole-v1", seed=0, **variant) >= 475
 
 
 @pytest.mark.expensive
 def test_pendulum_clip_reaches_minus_400():
     # the zoo's published agent scores -172; a random policy about -1200
-    assert _train_and_evaluate("Pendulum-v1", ZOO_PENDULUM, seed=0) >= -400
+    assert _train_and_evaluate("Pendulum-v1", seed=0) >= -400
