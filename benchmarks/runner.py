@@ -517,7 +517,8 @@ def is_finished(record: dict[str, Any] | None) -> bool:
 def iter_records(results_dir: str | Path) -> Iterator[tuple[Path, dict[str, Any]]]:
     """
     :param results_dir: the results directory
-    :return: every readable result file and its record (temporary files, logs and sweep manifests excluded)
+    :return: every readable result file of the runner and its record (temporary files, logs, sweep manifests and
+        other tools' JSON files excluded: a record must be at the path its ``run_id`` names)
     """
     root = Path(results_dir)
     if not root.is_dir():
@@ -526,8 +527,15 @@ def iter_records(results_dir: str | Path) -> Iterator[tuple[Path, dict[str, Any]
         if path.relative_to(root).parts[0] in ("sweeps", "logs"):
             continue
         record = load_record(path)
-        if record is not None and "run" in record:
-            yield path, record
+        run = record.get("run") if record is not None else None
+        if record is None or not isinstance(run, dict) or record.get("status") not in ("finished", "failed"):
+            continue
+        if not {"env", "label", "timesteps", "seed"} <= set(run):
+            continue
+        where = path.relative_to(root).with_suffix("").as_posix()
+        if where != run_id(run["env"], run["label"], run["timesteps"], run["seed"]):
+            continue
+        yield path, record
 
 
 def remove_partial_files(path: Path) -> int:
