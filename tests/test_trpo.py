@@ -575,25 +575,34 @@ def test_non_finite_cg_solution_skips_actor_step(monkeypatch):
 
 
 @pytest.mark.parametrize("s_f_s", [0.0, -1.0, math.inf, math.nan])
-def test_bad_curvature_skips_actor_step(monkeypatch, s_f_s):
-    from sb3_trust.common import trust_region
+@pytest.mark.parametrize("kl_convention", ["paper", "contrib"])  # closed-form and double-backward products
+def test_bad_curvature_skips_actor_step(monkeypatch, s_f_s, kl_convention):
+    from sb3_trust.common import fast_fisher, trust_region
 
-    def bad_fvp(grad_kl, params, damping):
-        real = trust_region.fisher_vector_product_fn(grad_kl, params, damping)
+    def bad(factory):
+        def bad_factory(*args):
+            real = factory(*args)
 
-        def fvp(vector):
-            # a correct product inside CG, a bad curvature for the step size (the last call)
-            out = real(vector)
-            fvp.calls += 1
-            if fvp.calls > model.cg_max_steps:
-                return vector * (s_f_s / vector.dot(vector).item())  # so that sᵀ(Fs) = s_f_s
-            return out
+            def fvp(vector):
+                # a correct product inside CG, a bad curvature for the step size (the last call)
+                out = real(vector)
+                fvp.calls += 1
+                if fvp.calls > n_cg_products:
+                    return vector * (s_f_s / vector.dot(vector).item())  # so that sᵀ(Fs) = s_f_s
+                return out
 
-        fvp.calls = 0
-        return fvp
+            fvp.calls = 0
+            return fvp
 
-    monkeypatch.setattr(trust_trpo_module, "fisher_vector_product_fn", bad_fvp)
-    model = silent(TrustTRPO("MlpPolicy", "CartPole-v1", cg_max_steps=3, **SMALL))
+        return bad_factory
+
+    monkeypatch.setattr(trust_trpo_module, "fisher_vector_product_fn", bad(trust_region.fisher_vector_product_fn))
+    monkeypatch.setattr(
+        trust_trpo_module, "analytic_fisher_vector_product_fn", bad(fast_fisher.analytic_fisher_vector_product_fn)
+    )
+    # CG from zero (paper) makes cg_max_steps products, contrib's random start one more; the next one is sᵀFs's
+    n_cg_products = 3 + (kl_convention == "contrib")
+    model = silent(TrustTRPO("MlpPolicy", "CartPole-v1", cg_max_steps=3, kl_convention=kl_convention, **SMALL))
     before = _actor_state(model)
     with pytest.warns(UserWarning, match="sᵀFs"):
         model.learn(64)

@@ -1,19 +1,33 @@
 import copy
 import math
 import warnings
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal, NamedTuple, TypeVar
 
 import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.distributions import Distribution, kl_divergence
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorchObs, Schedule
 from stable_baselines3.common.utils import explained_variance
+from stable_baselines3.common.vec_env import VecEnv
 from torch.nn import functional as F
 
+from sb3_trust.common.fast_collect import collect_rollouts_fast
+from sb3_trust.common.fast_fisher import (
+    AnalyticActor,
+    AnalyticCritic,
+    analytic_actor,
+    analytic_critic,
+    analytic_fisher_vector_product_fn,
+)
+from sb3_trust.common.fast_policy import FastActorCritic, unsupported_reason, use_fused_adam
+from sb3_trust.common.fast_rollout import FlatRollout
+from sb3_trust.common.fused_policy import FusedActorCritic
 from sb3_trust.common.kl import exact_kl
 from sb3_trust.common.trust_region import (
     LineSearchResult,
@@ -55,6 +69,17 @@ class _ActorStepStats(NamedTuple):
     step_size: float
     cg_residual: float
     skipped: bool
+
+
+class _ActorProblem(NamedTuple):
+    """The actor step's quantities at θ_old."""
+
+    actor_params: list[th.Tensor]
+    policy_objective: th.Tensor  # surrogate at θ_old (scalar)
+    objective_grad: th.Tensor  # its flat gradient
+    fisher_vector_product: Callable[[th.Tensor], th.Tensor]  # v -> (F + cg_damping I) v
+    evaluate: Callable[[], tuple[th.Tensor, th.Tensor]]  # (surrogate, constraint KL) at the current parameters
+    paper_kl: list[float] | None  # filled by `evaluate` with KL(π_old ‖ π_new) when the constraint KL is another one
 
 
 class TrustTRPO(OnPolicyAlgorithm):
@@ -295,17 +320,105 @@ class TrustTRPO(OnPolicyAlgorithm):
             return exact_kl(old_distribution, distribution).mean()
         return kl_divergence(distribution, old_distribution).mean()
 
-    def _actor_batch(self) -> _ActorBatch:
+    def _setup_model(self) -> None:
+        super()._setup_model()
+        if self.kl_convention == "paper":
+            # Fused Adam: the same rule, last-bit differences; contrib mode keeps SB3's Adam for bit-parity
+            use_fused_adam(self.policy.optimizer, self.policy_kwargs)
+        self._fast_policy: FastActorCritic | None = None
+        self._fast_policy_for: ActorCriticPolicy | None = None
+        self._analytic: tuple[AnalyticActor | None, AnalyticCritic] | None = None
+        self._analytic_for: ActorCriticPolicy | None = None
+        self._fused: FusedActorCritic | None = None
+        self._fused_for: ActorCriticPolicy | None = None
+
+    def _excluded_save_params(self) -> list[str]:
+        return [
+            *super()._excluded_save_params(),
+            "_fast_policy",
+            "_fast_policy_for",
+            "_analytic",
+            "_analytic_for",
+            "_fused",
+            "_fused_for",
+        ]
+
+    def collect_rollouts(
+        self, env: VecEnv, callback: BaseCallback, rollout_buffer: RolloutBuffer, n_rollout_steps: int
+    ) -> bool:
+        fast = self._fast_path()
+        if fast is None:
+            return super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps)
+        # The same results and random draws as SB3's collect_rollouts, without distribution objects; in the paper
+        # convention, with the actor and critic fused into one network (last-bit differences)
+        collector = self._fused_policy() or fast
+        return collect_rollouts_fast(self, collector, env, callback, rollout_buffer, n_rollout_steps)
+
+    def _fused_policy(self) -> FusedActorCritic | None:
+        """
+        :return: the fused actor-critic forward pass for rollout collection, refreshed with the current parameters
+            (``"paper"`` convention and a fusable policy on the lean path only)
+        """
+        fast = self._fast_path()
+        if fast is None or self.kl_convention != "paper" or not FusedActorCritic.can_fuse(fast):
+            return None
+        if getattr(self, "_fused_for", None) is not self.policy or self._fused is None:
+            self._fused = FusedActorCritic(self.policy)  # type: ignore[arg-type]
+            self._fused_for = self.policy
+        self._fused.refresh()
+        return self._fused
+
+    def _fast_path(self) -> FastActorCritic | None:
+        """
+        :return: the lean evaluation path for this policy and buffer, or ``None`` for SB3's generic methods
+            (the reason is logged once, at verbosity >= 1)
+        """
+        if getattr(self, "_fast_policy_for", None) is not self.policy:
+            reason = unsupported_reason(self.policy)  # type: ignore[arg-type]
+            if reason is None and not FlatRollout.supports(self.rollout_buffer):
+                reason = f"rollout buffer class {type(self.rollout_buffer).__name__}"
+            self._fast_policy = FastActorCritic(self.policy) if reason is None else None  # type: ignore[arg-type]
+            self._fast_policy_for = self.policy
+            if reason is not None and self.verbose >= 1:
+                print(f"{type(self).__name__}: using SB3's generic (slower) policy methods because of the {reason}")
+        return self._fast_policy
+
+    def _analytic_parts(self) -> tuple[AnalyticActor | None, AnalyticCritic] | None:
+        """
+        :return: the closed-form actor (``None`` in the ``"contrib"`` convention, or when some of the action
+            distribution's parameters are frozen) and critic of a policy on the lean path, or ``None`` off it
+        """
+        fast = self._fast_path()
+        if fast is None:
+            return None
+        if getattr(self, "_analytic_for", None) is not self.policy or self._analytic is None:
+            # Its parameters are the structural actor parameters, in ``policy.parameters()`` order, as on the generic path
+            actor = analytic_actor(fast) if self.kl_convention == "paper" else None
+            self._analytic = (actor, analytic_critic(fast))
+            self._analytic_for = self.policy
+        return self._analytic
+
+    def _analytic_actor(self) -> AnalyticActor | None:
+        parts = self._analytic_parts()
+        return None if parts is None else parts[0]
+
+    def _actor_batch(self, rollout: FlatRollout | None = None) -> _ActorBatch:
         """
         The whole rollout as one batch (optionally sub-sampled), with normalised advantages.
+
+        :param rollout: the rollout as tensors (lean path), ``None`` to read the buffer with ``get``
         """
         # `get` shuffles even the full batch: drawing this permutation keeps the numpy RNG (critic minibatches) in step
-        # with sb3-contrib, and the sub-sample is a random one
-        rollout_data = next(self.rollout_buffer.get(batch_size=None))
+        # with sb3-contrib, and the sub-sample is a random one. `FlatRollout.minibatches` draws the same permutation.
+        rollout_data = next(rollout.minibatches(None) if rollout is not None else self.rollout_buffer.get(batch_size=None))
         observations = rollout_data.observations
         actions = rollout_data.actions
         old_log_prob = rollout_data.old_log_prob
         advantages = rollout_data.advantages
+        if rollout is not None:
+            # Contiguous, as `get` gives them: reductions and matrix products over strided views round differently
+            observations, actions = observations.contiguous(), actions.contiguous()  # type: ignore[union-attr]
+            old_log_prob, advantages = old_log_prob.contiguous(), advantages.contiguous()
         if self.sub_sampling_factor > 1:
             every = self.sub_sampling_factor
             if isinstance(observations, dict):
@@ -329,12 +442,13 @@ class TrustTRPO(OnPolicyAlgorithm):
         no_step = LineSearchResult(False, 0, 0.0, 0.0, 0.0, 0.0)
         return _ActorStepStats(policy_objective, no_step, 0.0, 0.0, cg_residual, True)
 
-    def _actor_step(self, batch: _ActorBatch) -> tuple[list[th.Tensor], _ActorStepStats]:
+    def _actor_problem(self, batch: _ActorBatch) -> "_ActorProblem | _ActorStepStats":
         """
-        One natural-gradient step of the actor (line search or NPG), in place.
+        The quantities of the actor step at θ_old, by autograd on SB3's distribution objects (any policy, both KL
+        conventions; in ``"contrib"`` mode the same operations as sb3-contrib).
 
         :param batch: the actor batch
-        :return: the actor parameters, and the step's statistics
+        :return: the problem, or the statistics of a skipped step
         """
         observations, actions, old_log_prob, advantages = batch
         with th.no_grad():
@@ -360,28 +474,7 @@ class TrustTRPO(OnPolicyAlgorithm):
             raise RuntimeError(f"{type(self).__name__}: the action distribution does not depend on any trainable parameter")
         grad_kl = th.cat([grad.reshape(-1) for grad in kl_grads if grad is not None])
         objective_grad = flat_grad(policy_objective, actor_params, retain_graph=True)
-
-        objective_before = policy_objective.item()
-        if not (math.isfinite(objective_before) and bool(th.isfinite(objective_grad).all())):
-            return actor_params, self._skip_actor_step("surrogate objective or gradient", objective_before)
-
-        # Search direction s ≈ (F + λI)⁻¹ g
         fisher_vector_product = fisher_vector_product_fn(grad_kl, actor_params, self.cg_damping)
-        # contrib starts CG from small noise (instability when the gradient is tiny); this consumes the torch RNG
-        x0 = 1e-4 * th.randn_like(objective_grad) if self.kl_convention == "contrib" else None
-        search_direction, cg_residual = conjugate_gradient(
-            fisher_vector_product, objective_grad, max_iter=self.cg_max_steps, x0=x0
-        )
-        if not bool(th.isfinite(search_direction).all()):
-            return actor_params, self._skip_actor_step("conjugate-gradient solution", objective_before, cg_residual)
-        step = max_step_size(self.target_kl, search_direction, fisher_vector_product(search_direction))
-        if step is None:
-            if not bool(search_direction.any()):
-                # Zero gradient: nothing to do, not an error
-                no_step = LineSearchResult(False, 0, 0.0, 0.0, 0.0, 0.0)
-                return actor_params, _ActorStepStats(objective_before, no_step, 0.0, 0.0, cg_residual, False)
-            return actor_params, self._skip_actor_step("or non-positive sᵀFs", objective_before, cg_residual)
-        expected_improvement_rate = float(objective_grad.dot(search_direction))
 
         paper_kl: list[float] = [0.0]  # KL(π_old ‖ π_new) summed over action dims, of the last evaluated step
 
@@ -392,6 +485,73 @@ class TrustTRPO(OnPolicyAlgorithm):
             if self.kl_convention != "paper":
                 paper_kl[0] = exact_kl(old_distribution, new_distribution).mean().item()
             return (advantages * new_ratio).mean(), constraint_kl
+
+        return _ActorProblem(actor_params, policy_objective, objective_grad, fisher_vector_product, evaluate, paper_kl)
+
+    def _analytic_actor_problem(self, analytic: AnalyticActor, batch: _ActorBatch) -> "_ActorProblem":
+        """
+        The quantities of the actor step at θ_old in closed form (``sb3_trust.common.fast_fisher``): one forward pass
+        at θ_old, and the Fisher-vector products by a Jacobian-vector product, the action distribution's Fisher matrix
+        and a vector-Jacobian product, instead of double backpropagation. Used in the ``"paper"`` convention only:
+        the same quantities, with last-bit differences.
+
+        :param analytic: the closed-form actor of the policy
+        :param batch: the actor batch
+        :return: the problem
+        """
+        observations, actions, old_log_prob, advantages = batch
+        policy_objective, objective_grad = analytic.prepare(observations.float(), actions, old_log_prob, advantages)
+        fisher_vector_product = analytic_fisher_vector_product_fn(analytic, self.cg_damping)
+        return _ActorProblem(
+            analytic.parameters, policy_objective, objective_grad, fisher_vector_product, analytic.evaluate, None
+        )
+
+    def _actor_step(self, batch: _ActorBatch) -> tuple[list[th.Tensor], _ActorStepStats]:
+        """
+        One natural-gradient step of the actor (line search or NPG), in place.
+
+        :param batch: the actor batch
+        :return: the actor parameters, and the step's statistics
+        """
+        analytic = self._analytic_actor()
+        try:
+            if analytic is not None:
+                problem = self._analytic_actor_problem(analytic, batch)
+            else:
+                problem = self._actor_problem(batch)
+            return problem.actor_params, self._solve_actor_step(problem)
+        finally:
+            if analytic is not None:
+                analytic.release()
+
+    def _solve_actor_step(self, problem: "_ActorProblem") -> _ActorStepStats:
+        """
+        CG, maximal step and line search (or NPG step) on the quantities of ``problem``, in place.
+
+        :param problem: the actor step's quantities at θ_old
+        :return: the step's statistics
+        """
+        actor_params, policy_objective, objective_grad, fisher_vector_product, evaluate, paper_kl = problem
+        objective_before = policy_objective.item()
+        if not (math.isfinite(objective_before) and bool(th.isfinite(objective_grad).all())):
+            return self._skip_actor_step("surrogate objective or gradient", objective_before)
+
+        # Search direction s ≈ (F + λI)⁻¹ g
+        # contrib starts CG from small noise (instability when the gradient is tiny); this consumes the torch RNG
+        x0 = 1e-4 * th.randn_like(objective_grad) if self.kl_convention == "contrib" else None
+        search_direction, cg_residual = conjugate_gradient(
+            fisher_vector_product, objective_grad, max_iter=self.cg_max_steps, x0=x0
+        )
+        if not bool(th.isfinite(search_direction).all()):
+            return self._skip_actor_step("conjugate-gradient solution", objective_before, cg_residual)
+        step = max_step_size(self.target_kl, search_direction, fisher_vector_product(search_direction))
+        if step is None:
+            if not bool(search_direction.any()):
+                # Zero gradient: nothing to do, not an error
+                no_step = LineSearchResult(False, 0, 0.0, 0.0, 0.0, 0.0)
+                return _ActorStepStats(objective_before, no_step, 0.0, 0.0, cg_residual, False)
+            return self._skip_actor_step("or non-positive sᵀFs", objective_before, cg_residual)
+        expected_improvement_rate = float(objective_grad.dot(search_direction))
 
         if self.step_rule == "npg":
             result = apply_fixed_step(
@@ -416,9 +576,9 @@ class TrustTRPO(OnPolicyAlgorithm):
                 strict_kl=self.kl_convention == "contrib",
             )
         if not result.success:
-            return actor_params, _ActorStepStats(objective_before, result, 0.0, 0.0, cg_residual, False)
-        accepted_kl = result.kl if self.kl_convention == "paper" else paper_kl[0]
-        stats = _ActorStepStats(
+            return _ActorStepStats(objective_before, result, 0.0, 0.0, cg_residual, False)
+        accepted_kl = result.kl if paper_kl is None or self.kl_convention == "paper" else paper_kl[0]
+        return _ActorStepStats(
             objective_before + result.surrogate_improvement,
             result,
             accepted_kl,
@@ -426,7 +586,6 @@ class TrustTRPO(OnPolicyAlgorithm):
             cg_residual,
             False,
         )
-        return actor_params, stats
 
     def _critic_step(self, actor_params: list[th.Tensor]) -> tuple[list[float], int]:
         """
@@ -437,6 +596,41 @@ class TrustTRPO(OnPolicyAlgorithm):
         :param actor_params: the parameters of the actor step
         :return: the minibatch losses, and the number of minibatches skipped because of a non-finite loss
         """
+        parts = self._analytic_parts()
+        if parts is not None:
+            value_losses, n_skipped = self._analytic_critic_step(parts[1])
+        else:
+            value_losses, n_skipped = self._generic_critic_step(actor_params)
+        if n_skipped > 0:
+            warnings.warn(
+                f"{type(self).__name__}: non-finite value loss in {n_skipped} critic minibatch(es) at update "
+                f"{self._n_updates + 1}, skipped (see `train/critic_step_skipped`)"
+            )
+        return value_losses, n_skipped
+
+    def _analytic_critic_step(self, critic: AnalyticCritic) -> tuple[list[float], int]:
+        """
+        The critic phase on the lean path: the value branch alone, its gradient in closed form (bit-identical to
+        autograd's), the same minibatches (same permutation draws) as ``RolloutBuffer.get``. The actor parameters
+        get no gradient at all, so the shared optimizer leaves them alone.
+        """
+        rollout = FlatRollout(self.rollout_buffer, self.device)
+        observations, returns = rollout.observations.float(), rollout.returns
+        value_losses: list[float] = []
+        n_skipped = 0
+        self.policy.optimizer.zero_grad()
+        for _ in range(self.n_critic_updates):
+            # As `FlatRollout.minibatches` (one permutation per epoch, same RNG use), gathering only what is used
+            permutation = th.as_tensor(np.random.permutation(rollout.n_samples), device=self.device)
+            for start in range(0, rollout.n_samples, self.batch_size):
+                indices = permutation[start : start + self.batch_size]
+                loss = critic.step(observations.index_select(0, indices), returns.index_select(0, indices))
+                value_losses.append(loss)
+                if not math.isfinite(loss):
+                    n_skipped += 1
+        return value_losses, n_skipped
+
+    def _generic_critic_step(self, actor_params: list[th.Tensor]) -> tuple[list[float], int]:
         value_losses: list[float] = []
         n_skipped = 0
         requires_grad = [param.requires_grad for param in actor_params]
@@ -459,11 +653,6 @@ class TrustTRPO(OnPolicyAlgorithm):
         finally:
             for param, flag in zip(actor_params, requires_grad, strict=True):
                 param.requires_grad_(flag)
-        if n_skipped > 0:
-            warnings.warn(
-                f"{type(self).__name__}: non-finite value loss in {n_skipped} critic minibatch(es) at update "
-                f"{self._n_updates + 1}, skipped (see `train/critic_step_skipped`)"
-            )
         return value_losses, n_skipped
 
     def train(self) -> None:
@@ -475,7 +664,8 @@ class TrustTRPO(OnPolicyAlgorithm):
         # Update optimizer learning rate
         self._update_learning_rate(self.policy.optimizer)
 
-        actor_params, actor_stats = self._actor_step(self._actor_batch())
+        rollout = FlatRollout(self.rollout_buffer, self.device) if self._fast_path() is not None else None
+        actor_params, actor_stats = self._actor_step(self._actor_batch(rollout))
         value_losses, n_critic_skipped = self._critic_step(actor_params)
 
         self._n_updates += 1

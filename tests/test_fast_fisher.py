@@ -1,0 +1,214 @@
+"""
+The closed-form derivatives of ``sb3_trust.common.fast_fisher`` and the fused collection network of
+``sb3_trust.common.fused_policy``, against autograd, double backpropagation and ``FastActorCritic`` on real SB3 policies.
+"""
+
+import copy
+
+import numpy as np
+import pytest
+import torch as th
+from stable_baselines3.common.policies import ActorCriticPolicy
+from torch import nn
+from torch.func import jvp
+from torch.nn import functional as F
+
+from sb3_trust.common.fast_fisher import (
+    AnalyticActor,
+    analytic_actor,
+    analytic_critic,
+    chain_forward,
+    chain_jvp,
+    chain_parameters,
+    chain_vjp,
+)
+from sb3_trust.common.fast_policy import FastActorCritic
+from sb3_trust.common.fused_policy import FusedActorCritic
+from sb3_trust.common.kl import exact_kl
+from sb3_trust.common.trust_region import flat_grad, kl_fisher_vector_product_fn
+from sb3_trust.trpo import TrustTRPO
+
+th.set_num_threads(1)
+
+
+def random_chain(activation: str, generator: th.Generator, bias: bool = True):
+    shapes = [(5, 3), (4, 5), (2, 4)]
+    chain = []
+    for i, shape in enumerate(shapes):
+        weight = th.randn(shape, generator=generator, dtype=th.float64)
+        chain.append((weight, th.randn(shape[0], generator=generator, dtype=th.float64) if bias else None))
+        if i < len(shapes) - 1:
+            chain.append(activation)
+    return chain
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_chain_derivatives_match_autograd(activation, bias):
+    generator = th.Generator().manual_seed(0)
+    chain = random_chain(activation, generator, bias)
+    params = chain_parameters(chain)
+    x = th.randn(6, 3, generator=generator, dtype=th.float64)
+
+    def f(*values):
+        it = iter(values)
+        rebuilt = [
+            layer if isinstance(layer, str) else (next(it), next(it) if layer[1] is not None else None) for layer in chain
+        ]
+        return chain_forward(rebuilt, x)
+
+    cache = []
+    out = chain_forward(chain, x, cache)
+    assert th.equal(out, f(*params))
+    # reverse mode
+    grad_output = th.randn(out.shape, generator=generator, dtype=th.float64)
+    leaves = [param.clone().requires_grad_() for param in params]
+    expected = th.autograd.grad((f(*leaves) * grad_output).sum(), leaves)
+    for got, want in zip(chain_vjp(chain, cache, grad_output), expected, strict=True):
+        assert th.allclose(got, want, rtol=1e-12, atol=1e-12)
+    # forward mode
+    tangents = [th.randn(param.shape, generator=generator, dtype=th.float64) for param in params]
+    _, expected_tangent = jvp(f, tuple(params), tuple(tangents))
+    assert th.allclose(chain_jvp(chain, cache, tangents), expected_tangent, rtol=1e-12, atol=1e-12)
+
+
+def make_policy(env_id: str, net_arch, activation_fn=nn.Tanh) -> ActorCriticPolicy:
+    model = TrustTRPO(
+        "MlpPolicy",
+        env_id,
+        n_steps=64,
+        batch_size=64,
+        seed=0,
+        device="cpu",
+        policy_kwargs=dict(net_arch=net_arch, activation_fn=activation_fn),
+    )
+    policy = model.policy
+    if hasattr(policy, "log_std"):
+        with th.no_grad():
+            policy.log_std.add_(0.3)  # not the default 0: σ ≠ 1
+    return policy
+
+
+POLICIES = [
+    ("CartPole-v1", [16, 16], nn.Tanh),
+    ("Pendulum-v1", [16, 16], nn.Tanh),
+    ("MountainCarContinuous-v0", dict(pi=[8], vf=[16, 4]), nn.ReLU),
+    ("Acrobot-v1", [], nn.Tanh),
+]
+
+
+def _batch(policy: ActorCriticPolicy, n: int = 50):
+    generator = th.Generator().manual_seed(1)
+    obs = th.randn(n, policy.observation_space.shape[0], generator=generator)
+    fast = FastActorCritic(policy)
+    with th.no_grad():
+        actions, _, log_prob = fast.forward(obs)
+    # old log-probs off by a little, as after a step: the ratio is not 1
+    return obs, actions, log_prob + 0.1 * th.randn(n, generator=generator), th.randn(n, generator=generator)
+
+
+@pytest.mark.parametrize("env_id, net_arch, activation_fn", POLICIES)
+def test_analytic_actor_matches_autograd(env_id, net_arch, activation_fn):
+    policy = make_policy(env_id, net_arch, activation_fn)
+    obs, actions, old_log_prob, advantages = _batch(policy)
+    # reference: the generic path of TrustTRPO (distribution objects, autograd, double backpropagation)
+    with th.no_grad():
+        old = copy.copy(policy.get_distribution(obs))
+    distribution = policy.get_distribution(obs)
+    sb3_actions = actions.long().flatten() if policy.action_space.shape == () else actions
+    objective = (advantages * th.exp(distribution.log_prob(sb3_actions) - old_log_prob)).mean()
+    params = [param for param in policy.parameters() if param.requires_grad]
+    kl_grads = th.autograd.grad(exact_kl(old, distribution).mean(), params, create_graph=True, allow_unused=True)
+    actor_params = [param for param, grad in zip(params, kl_grads, strict=True) if grad is not None]
+    fvp = kl_fisher_vector_product_fn(exact_kl(old, distribution).mean(), actor_params, 0.05)
+
+    actor = analytic_actor(FastActorCritic(policy))
+    assert actor is not None
+    # the same parameters, in the same order
+    assert [id(p) for p in actor.parameters] == [id(p) for p in actor_params]
+    got_objective, got_grad = actor.prepare(obs, actions, old_log_prob, advantages)
+    assert got_objective.item() == pytest.approx(objective.item(), rel=1e-6)
+    assert th.allclose(got_grad, flat_grad(objective, actor_params, retain_graph=True), rtol=1e-5, atol=1e-7)
+    damped = actor.fisher_vector_product_fn(0.05)
+    generator = th.Generator().manual_seed(2)
+    for _ in range(3):
+        vector = th.randn(got_grad.shape, generator=generator)
+        expected = fvp(vector)
+        assert th.allclose(damped(vector), expected, rtol=1e-4, atol=1e-6 * expected.abs().max().item())
+    # at θ_old: surrogate as before, KL 0
+    surrogate, kl = actor.evaluate()
+    assert surrogate.item() == pytest.approx(objective.item(), rel=1e-6)
+    assert kl.item() == pytest.approx(0.0, abs=1e-7)
+    # after a move, as the distribution objects
+    with th.no_grad():
+        for param in actor_params:
+            param.add_(0.05 * th.randn(param.shape, generator=generator))
+    surrogate, kl = actor.evaluate()
+    new = policy.get_distribution(obs)
+    assert kl.item() == pytest.approx(exact_kl(old, new).mean().item(), rel=1e-5)
+    expected_surrogate = (advantages * th.exp(new.log_prob(sb3_actions) - old_log_prob)).mean()
+    assert surrogate.item() == pytest.approx(expected_surrogate.item(), rel=1e-5)
+    actor.release()
+
+
+def test_analytic_actor_needs_all_actor_parameters_trainable():
+    policy = make_policy("Pendulum-v1", [8])
+    policy.action_net.bias.requires_grad_(False)
+    assert analytic_actor(FastActorCritic(policy)) is None
+    with pytest.raises(ValueError, match="exactly"):
+        AnalyticActor([(policy.action_net.weight, policy.action_net.bias)], None, [policy.action_net.weight])
+
+
+@pytest.mark.parametrize("env_id, net_arch, activation_fn", POLICIES)
+def test_analytic_critic_matches_autograd(env_id, net_arch, activation_fn):
+    policy = make_policy(env_id, net_arch, activation_fn)
+    obs, *_ = _batch(policy)
+    returns = th.randn(obs.shape[0], generator=th.Generator().manual_seed(3))
+    critic = analytic_critic(FastActorCritic(policy))
+    loss, grads = critic.loss_and_gradient(obs, returns)
+    expected_loss = F.mse_loss(returns, policy.predict_values(obs).flatten())
+    expected = th.autograd.grad(expected_loss, critic.parameters)
+    assert th.equal(loss, expected_loss.detach())
+    for got, want in zip(grads, expected, strict=True):
+        assert th.allclose(got, want, rtol=1e-6, atol=1e-8)
+    # the step moves the critic only, and skips a non-finite loss
+    before = {name: param.detach().clone() for name, param in policy.named_parameters()}
+    critic_ids = {id(param) for param in critic.parameters}
+    policy.optimizer.zero_grad()
+    critic.step(obs, returns)
+    for name, param in policy.named_parameters():
+        assert th.equal(param, before[name]) != (id(param) in critic_ids), name
+    after = [param.detach().clone() for param in critic.parameters]
+    assert np.isnan(critic.step(obs, returns * np.nan))
+    assert all(th.equal(param, value) for param, value in zip(critic.parameters, after, strict=True))
+
+
+@pytest.mark.parametrize("env_id, net_arch, activation_fn", POLICIES)
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_fused_forward_matches_fast_forward(env_id, net_arch, activation_fn, deterministic):
+    policy = make_policy(env_id, net_arch, activation_fn)
+    fast = FastActorCritic(policy)
+    if not FusedActorCritic.can_fuse(fast):
+        assert isinstance(net_arch, dict)  # different branch structures
+        return
+    fused = FusedActorCritic(policy)
+    fused.refresh()
+    obs = th.randn(4, policy.observation_space.shape[0])
+    with th.no_grad():
+        th.manual_seed(5)
+        expected = fast.forward(obs, deterministic)
+        state = th.get_rng_state()
+        th.manual_seed(5)
+        got = fused.forward(obs, deterministic)
+        # the same random draws
+        assert th.equal(th.get_rng_state(), state)
+    for a, b in zip(got, expected, strict=True):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        assert th.allclose(a.float(), b.float(), rtol=1e-5, atol=1e-6)
+    # refresh() follows the parameters
+    with th.no_grad():
+        for param in policy.parameters():
+            param.add_(0.1)
+    fused.refresh()
+    with th.no_grad():
+        assert th.allclose(fused.forward(obs, True)[1], fast.forward(obs, True)[1], rtol=1e-5, atol=1e-6)
