@@ -994,13 +994,13 @@ class Progress:
         if steps_done > 0 and self.total_steps > steps_done:
             eta = f", ~{_duration(elapsed * (self.total_steps - steps_done) / steps_done)} left"
         running = ", ".join(
-            f"{spec.label}/{spec.env}/s{spec.seed} {100 * steps / max(spec.timesteps, 1):.0f}%"
+            f"{spec.label}/{spec.env}/s{spec.seed} {min(100, 100 * steps // max(spec.timesteps, 1))}%"
             for spec, _, steps in self.running.values()
         )
-        left = self.total - self.finished_count - self.failed_count - len(self.running)
+        queued = self.total - self.finished_count - self.failed_count - len(self.running)
         return (
-            f"  running {len(self.running)}{' (' + running + ')' if running else ''} | done {self.finished_count}, "
-            f"failed {self.failed_count}, queued {left}, skipped {self.skipped} | {_duration(elapsed)} elapsed{eta}"
+            f"  [done {self.finished_count}/{self.total}, failed {self.failed_count}, running {len(self.running)}, "
+            f"queued {queued}, skipped {self.skipped} | {_duration(elapsed)} elapsed{eta}] {running}"
         )
 
     def refresh(self, force: bool = False) -> None:
