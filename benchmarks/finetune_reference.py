@@ -253,9 +253,8 @@ def finetune(variant: Variant, pretrained: TrustPPO, states: th.Tensor, budget: 
         "MlpPolicy",
         make_env(FINETUNE_GRAVITY, N_ENVS, seed),
         seed=seed,
-        # The reference is given as the model object. A path would be recorded with the model, but
-        # sb3_trust.common.reference rebuilds a saved policy from its policy_kwargs only, without the model's
-        # use_sde, so a gSDE policy fails to load from a path (log_std shape mismatch).
+        # The reference is given as the model object (a path to the saved model works too, and is then recorded
+        # with the fine-tuned model and reloaded with it)
         reference_policy=pretrained,
         reference_kl_coef=variant.coef,
         reference_kl_mode=variant.mode,

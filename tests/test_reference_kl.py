@@ -183,3 +183,16 @@ def test_reference_with_another_architecture(tmp_path):
         )
         model.learn(128)
         assert all(th.isfinite(p).all() for p in model.policy.parameters())
+
+
+def test_path_reference_with_gsde(tmp_path):
+    """A saved gSDE model (use_sde is stored outside policy_kwargs) loads as a path reference."""
+    base = TrustPPO("MlpPolicy", "Pendulum-v1", use_sde=True, **SMALL)
+    base.learn(64)
+    base.save(tmp_path / "gsde.zip")
+    model = TrustPPO("MlpPolicy", "Pendulum-v1", use_sde=True, reference_policy=str(tmp_path / "gsde.zip"), **SMALL)
+    obs = th.as_tensor(np.stack([model.observation_space.sample() for _ in range(4)]))
+    th.testing.assert_close(
+        model._reference.distribution(obs).distribution.mean, base.policy.get_distribution(obs).distribution.mean
+    )
+    model.learn(64)

@@ -85,7 +85,14 @@ def _policy_from_saved_model(path: str, device: th.device | str) -> ActorCriticP
     policy_class = data["policy_class"]
     if not (isinstance(policy_class, type) and issubclass(policy_class, ActorCriticPolicy)):
         raise TypeError(f"`reference_policy={path!r}` holds a {policy_class}, not an ActorCriticPolicy")
-    policy = policy_class(data["observation_space"], data["action_space"], lambda _: 0.0, **data.get("policy_kwargs", {}))
+    # As BaseAlgorithm builds it: use_sde is stored beside policy_kwargs, not inside them
+    policy = policy_class(
+        data["observation_space"],
+        data["action_space"],
+        lambda _: 0.0,
+        use_sde=data.get("use_sde", False),
+        **data.get("policy_kwargs", {}),
+    )
     policy.load_state_dict(params["policy"])
     return policy.to(device)
 
