@@ -982,7 +982,8 @@ class Progress:
             self.failed_count += 1
             self.failed.append(spec.run_id)
             error = record.get("error", {})
-            line = f"{head} FAILED  {error.get('type', '?')}: {str(error.get('message', '')).splitlines()[:1]}"
+            message = str(error.get("message", "")).strip().splitlines() or [""]
+            line = f"{head} FAILED  {error.get('type', '?')}: {message[0][:200]}"
         self._print(line)
         self.refresh(force=True)
 
