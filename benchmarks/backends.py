@@ -239,7 +239,8 @@ class RayBackend(Backend):
 
     def describe(self) -> str:
         where = f"cluster at {self.address}" if self.address else "local instance"
-        return f"ray ({where}, {self.jobs or 'all'} tasks in flight)"
+        in_flight = f"{self.jobs} tasks" if self.jobs else "one task per cluster CPU"
+        return f"ray ({where}, {in_flight} in flight)"
 
     def _runtime_env(self) -> dict[str, Any]:
         import benchmarks
