@@ -21,6 +21,7 @@ from sb3_trust.common.fast_fisher import (
     chain_jvp,
     chain_parameters,
     chain_vjp,
+    numpy_tanh_,
 )
 from sb3_trust.common.fast_policy import FastActorCritic
 from sb3_trust.common.fused_policy import FusedActorCritic
@@ -212,3 +213,88 @@ def test_fused_forward_matches_fast_forward(env_id, net_arch, activation_fn, det
     fused.refresh()
     with th.no_grad():
         assert th.allclose(fused.forward(obs, True)[1], fast.forward(obs, True)[1], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("amsgrad", [False, True])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_direct_fused_adam_step_is_optimizer_step(amsgrad, weight_decay):
+    policies = []
+    for _ in range(2):
+        policy = make_policy("Pendulum-v1", [16, 16])
+        policy.optimizer = th.optim.Adam(policy.parameters(), lr=3e-3, amsgrad=amsgrad, weight_decay=weight_decay, fused=True)
+        policies.append(policy)
+    policies[1].load_state_dict(policies[0].state_dict())
+    obs, *_ = _batch(policies[0])
+    returns = th.randn(obs.shape[0], generator=th.Generator().manual_seed(3))
+    direct, reference = (analytic_critic(FastActorCritic(policy)) for policy in policies)
+    direct.begin()
+    for i in range(4):
+        direct.step(obs, returns + i)
+        # the reference: gradients in .grad, then optimizer.step()
+        reference.optimizer.zero_grad()
+        _, grads = reference.loss_and_gradient(obs, returns + i)
+        for param, grad in zip(reference.parameters, grads, strict=True):
+            param.grad = grad
+        reference.optimizer.step()
+    assert direct._direct is not None  # the kernel was called directly after the first step
+    for a, b in zip(policies[0].parameters(), policies[1].parameters(), strict=True):
+        assert th.equal(a, b)
+    for state_a, state_b in zip(
+        policies[0].optimizer.state_dict()["state"].values(),
+        policies[1].optimizer.state_dict()["state"].values(),
+        strict=True,
+    ):
+        for key in state_a:
+            assert th.equal(state_a[key], state_b[key]), key
+
+
+def test_critic_step_falls_back_to_optimizer_step():
+    # Not fused (SB3's default Adam), or with a hook: optimizer.step() is called
+    policy = make_policy("Pendulum-v1", [16])
+    critic = analytic_critic(FastActorCritic(policy))
+    calls = []
+    policy.optimizer.register_step_post_hook(lambda *args: calls.append(1))
+    obs, *_ = _batch(policy)
+    critic.begin()
+    for _ in range(3):
+        critic.step(obs, th.zeros(obs.shape[0]))
+    assert len(calls) == 3 and critic._direct is None
+
+
+def test_numpy_tanh():
+    x = th.randn(300, 7) * 3
+    expected = th.tanh(x.double())
+    for dtype in (th.float32, th.float64):
+        y = x.to(dtype).clone()
+        out = numpy_tanh_(y)
+        assert out is y  # in place
+        assert th.allclose(out.double(), expected, rtol=2 * th.finfo(dtype).eps, atol=0)
+    # what numpy cannot share: th.tanh, not in place
+    strided = x.t()
+    assert th.equal(numpy_tanh_(strided), th.tanh(x.t()))
+    tracked = x.clone().requires_grad_()
+    assert th.equal(numpy_tanh_(tracked), th.tanh(tracked))
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
+def test_numpy_tanh_actor_and_critic(env_id):
+    policy = make_policy(env_id, [16, 16])
+    obs, actions, old_log_prob, advantages = _batch(policy)
+    fast = FastActorCritic(policy)
+    exact, approximate = analytic_actor(fast), analytic_actor(fast, numpy_tanh=True)
+    (objective, grad), (objective_np, grad_np) = (
+        actor.prepare(obs, actions, old_log_prob, advantages) for actor in (exact, approximate)
+    )
+    assert objective_np.item() == pytest.approx(objective.item(), rel=1e-5)
+    assert th.allclose(grad_np, grad, rtol=1e-4, atol=1e-6)
+    vector = th.randn(grad.shape, generator=th.Generator().manual_seed(0))
+    assert th.allclose(approximate.fisher_vector_product(vector), exact.fisher_vector_product(vector), rtol=1e-4, atol=1e-6)
+    # the observations are not overwritten
+    assert th.equal(obs, _batch(policy)[0])
+    returns = th.randn(obs.shape[0])
+    (loss, grads), (loss_np, grads_np) = (
+        analytic_critic(fast, numpy_tanh).loss_and_gradient(obs, returns) for numpy_tanh in (False, True)
+    )
+    assert loss_np.item() == pytest.approx(loss.item(), rel=1e-5)
+    for a, b in zip(grads_np, grads, strict=True):
+        assert th.allclose(a, b, rtol=1e-4, atol=1e-6)

@@ -393,8 +393,11 @@ class TrustTRPO(OnPolicyAlgorithm):
             return None
         if getattr(self, "_analytic_for", None) is not self.policy or self._analytic is None:
             # Its parameters are the structural actor parameters, in ``policy.parameters()`` order, as on the generic path
-            actor = analytic_actor(fast) if self.kl_convention == "paper" else None
-            self._analytic = (actor, analytic_critic(fast))
+            # In the paper convention, numpy's tanh (last-bit differences); th.tanh in contrib mode, whose critic
+            # gradient is then bit-identical to autograd's
+            paper = self.kl_convention == "paper"
+            actor = analytic_actor(fast, numpy_tanh=True) if paper else None
+            self._analytic = (actor, analytic_critic(fast, numpy_tanh=paper))
             self._analytic_for = self.policy
         return self._analytic
 
@@ -618,7 +621,7 @@ class TrustTRPO(OnPolicyAlgorithm):
         observations, returns = rollout.observations.float(), rollout.returns
         value_losses: list[float] = []
         n_skipped = 0
-        self.policy.optimizer.zero_grad()
+        critic.begin()
         for _ in range(self.n_critic_updates):
             # As `FlatRollout.minibatches` (one permutation per epoch, same RNG use), gathering only what is used
             permutation = th.as_tensor(np.random.permutation(rollout.n_samples), device=self.device)
