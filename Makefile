@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# The CPU build of torch first: an unpinned torch would pull several GB of CUDA packages
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev,benchmarks]"
+	$(BIN)/pip install -q -e ".[dev,benchmarks,ray]"
 	touch $(STAMP)
 
 setup: $(STAMP)

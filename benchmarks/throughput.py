@@ -167,8 +167,9 @@ def main(argv: list[str] | None = None) -> None:
             return statistics.median(run[key] for run in runs[algo])  # noqa: B023
 
         ours_fps = median(config.ours, "steps_per_s")
+        ratio = statistics.median(ratios)
         line = (
-            f"| {name} | {median(config.reference, 'steps_per_s'):.0f} | {ours_fps:.0f} | **{statistics.median(ratios):.2f}x** "
+            f"| {name} | {median(config.reference, 'steps_per_s'):.0f} | {ours_fps:.0f} | **{ratio:.2f}x** "
             f"| {median(config.reference, 'collect_s'):.2f} / {median(config.reference, 'train_s'):.2f} "
             f"| {median(config.ours, 'collect_s'):.2f} / {median(config.ours, 'train_s'):.2f} "
             f"| {env_only:.0f} | {env_only / ours_fps:.1f}x "
