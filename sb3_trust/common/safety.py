@@ -8,7 +8,9 @@ import io
 import json
 import os
 import pathlib
+import warnings
 import zipfile
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -145,3 +147,45 @@ def check_saved_model(path: Any, family: str, cls_name: str) -> None:
             f"Cannot load {path!r} with {cls_name}.load(): the file was saved by {origin}, not by {family}. "
             f"Load it with the class that saved it."
         )
+
+
+def handle_non_finite(algo: Any, problem: str) -> None:
+    """
+    Apply ``algo.on_non_finite`` to a non-finite problem found before or during an update (whose effects are undone).
+
+    :param algo: the algorithm
+    :param problem: what went non-finite, and where
+    :raises NonFiniteError: with ``on_non_finite="raise"``
+    """
+    name = type(algo).__name__
+    message = f"{problem}; the update was not applied (weights and optimizer state from before it are kept)"
+    if algo.on_non_finite == "raise":
+        raise NonFiniteError(f"{name}: {message}. Pass on_non_finite='skip' to skip such updates.")
+    algo._n_skipped_updates += 1
+    warnings.warn(f"{name}: {message}; skipped ({algo._n_skipped_updates} so far)")
+    algo.logger.record("train/skipped_updates", algo._n_skipped_updates)
+
+
+def guarded_update(algo: Any, update: Callable[[], None], attributes: tuple[str, ...]) -> None:
+    """
+    Run one update so that nothing is lost when it fails: check the rollout for NaN/inf first, snapshot what the
+    update changes, and restore the snapshot if the update raises ``NonFiniteError`` (then apply ``on_non_finite``)
+    or anything else, ``KeyboardInterrupt`` included (then re-raise).
+
+    :param algo: the algorithm (its ``policy``, ``rollout_buffer``, ``num_timesteps``, ``on_non_finite``)
+    :param update: the update itself
+    :param attributes: the algorithm's plain attributes the update changes (counters, coefficients)
+    """
+    problem = find_non_finite_in_rollout(algo.rollout_buffer, algo.num_timesteps)
+    if problem is not None:
+        handle_non_finite(algo, problem)
+        return
+    snapshot = UpdateSnapshot(algo.policy, algo, attributes)
+    try:
+        update()
+    except NonFiniteError as error:
+        snapshot.restore()
+        handle_non_finite(algo, str(error))
+    except BaseException:
+        snapshot.restore()
+        raise

@@ -1,7 +1,6 @@
 import io
 import os
 import pathlib
-import warnings
 from collections import defaultdict
 from typing import Any, ClassVar, TypeVar
 
@@ -43,14 +42,7 @@ from sb3_trust.common.reference import (
     setup_reference,
 )
 from sb3_trust.common.rollout import iterate_rollout_in_order
-from sb3_trust.common.safety import (
-    NON_FINITE_ACTIONS,
-    NonFiniteError,
-    UpdateSnapshot,
-    all_finite,
-    check_saved_model,
-    find_non_finite_in_rollout,
-)
+from sb3_trust.common.safety import NON_FINITE_ACTIONS, NonFiniteError, all_finite, check_saved_model, guarded_update
 from sb3_trust.common.validation import (
     check_action_space,
     check_choice,
@@ -508,27 +500,7 @@ class TrustPPO(OnPolicyAlgorithm):
         Update policy using the currently gathered rollout buffer. Non-finite numbers and interruptions leave the
         policy, the optimizer and the counters as they were before the update (see ``on_non_finite``).
         """
-        problem = find_non_finite_in_rollout(self.rollout_buffer, self.num_timesteps)
-        if problem is not None:
-            self._handle_non_finite(problem)
-            return
-        snapshot = UpdateSnapshot(self.policy, self, ("_n_updates", "_kl_coef", "_reference_kl_coef"))
-        try:
-            self._update()
-        except NonFiniteError as error:
-            snapshot.restore()
-            self._handle_non_finite(str(error))
-        except BaseException:
-            snapshot.restore()
-            raise
-
-    def _handle_non_finite(self, problem: str) -> None:
-        message = f"{problem}; the update was not applied (weights and optimizer state from before it are kept)"
-        if self.on_non_finite == "raise":
-            raise NonFiniteError(f"{type(self).__name__}: {message}. Pass on_non_finite='skip' to skip such updates.")
-        self._n_skipped_updates += 1
-        warnings.warn(f"{type(self).__name__}: {message}; skipped ({self._n_skipped_updates} so far)")
-        self.logger.record("train/skipped_updates", self._n_skipped_updates)
+        guarded_update(self, self._update, ("_n_updates", "_kl_coef", "_reference_kl_coef"))
 
     def _optimizer_step(self, loss: th.Tensor, parameters: list[th.Tensor], terms: dict[str, th.Tensor], epoch: int) -> None:
         """
