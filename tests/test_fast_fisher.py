@@ -24,7 +24,7 @@ from sb3_trust.common.fast_fisher import (
     numpy_tanh_,
 )
 from sb3_trust.common.fast_policy import FastActorCritic
-from sb3_trust.common.fused_policy import FusedActorCritic
+from sb3_trust.common.fused_policy import FusedActorCritic, NumpyFusedActorCritic
 from sb3_trust.common.kl import exact_kl
 from sb3_trust.common.trust_region import flat_grad, kl_fisher_vector_product_fn
 from sb3_trust.trpo import TrustTRPO
@@ -186,15 +186,17 @@ def test_analytic_critic_matches_autograd(env_id, net_arch, activation_fn):
 
 @pytest.mark.parametrize("env_id, net_arch, activation_fn", POLICIES)
 @pytest.mark.parametrize("deterministic", [False, True])
-def test_fused_forward_matches_fast_forward(env_id, net_arch, activation_fn, deterministic):
+@pytest.mark.parametrize("fused_class", [FusedActorCritic, NumpyFusedActorCritic])
+@pytest.mark.parametrize("dtype", [th.float32, th.float64])  # VecNormalize gives float64 observations
+def test_fused_forward_matches_fast_forward(env_id, net_arch, activation_fn, deterministic, fused_class, dtype):
     policy = make_policy(env_id, net_arch, activation_fn)
     fast = FastActorCritic(policy)
-    if not FusedActorCritic.can_fuse(fast):
+    if not fused_class.can_fuse(fast):
         assert isinstance(net_arch, dict)  # different branch structures
         return
-    fused = FusedActorCritic(policy)
+    fused = fused_class(policy)
     fused.refresh()
-    obs = th.randn(4, policy.observation_space.shape[0])
+    obs = th.randn(4, policy.observation_space.shape[0], dtype=dtype)
     with th.no_grad():
         th.manual_seed(5)
         expected = fast.forward(obs, deterministic)
@@ -298,3 +300,19 @@ def test_numpy_tanh_actor_and_critic(env_id):
     assert loss_np.item() == pytest.approx(loss.item(), rel=1e-5)
     for a, b in zip(grads_np, grads, strict=True):
         assert th.allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_numpy_fused_forward_hands_large_batches_to_torch(monkeypatch):
+    policy = make_policy("Pendulum-v1", [16, 16])
+    fused = NumpyFusedActorCritic(policy)
+    fused.refresh()
+    calls = []
+    real = FusedActorCritic.forward
+    monkeypatch.setattr(FusedActorCritic, "forward", lambda *args: calls.append(1) or real(*args))
+    small, large = fused._max_rows, fused._max_rows + 1
+    assert small * (32 * 32) <= NumpyFusedActorCritic.MAX_NUMPY_WORK  # the block-diagonal 32 x 32 layer
+    with th.no_grad():
+        fused.forward(th.randn(small, 3))
+        assert not calls
+        actions, values, log_prob = fused.forward(th.randn(large, 3))
+    assert calls and actions.shape == (large, 1) and values.shape == (large, 1) and log_prob.shape == (large,)

@@ -27,7 +27,7 @@ from sb3_trust.common.fast_fisher import (
 )
 from sb3_trust.common.fast_policy import FastActorCritic, unsupported_reason, use_fused_adam
 from sb3_trust.common.fast_rollout import FlatRollout
-from sb3_trust.common.fused_policy import FusedActorCritic
+from sb3_trust.common.fused_policy import FusedActorCritic, NumpyFusedActorCritic
 from sb3_trust.common.kl import exact_kl
 from sb3_trust.common.trust_region import (
     LineSearchResult,
@@ -363,7 +363,9 @@ class TrustTRPO(OnPolicyAlgorithm):
         if fast is None or self.kl_convention != "paper" or not FusedActorCritic.can_fuse(fast):
             return None
         if getattr(self, "_fused_for", None) is not self.policy or self._fused is None:
-            self._fused = FusedActorCritic(self.policy)  # type: ignore[arg-type]
+            # NumPy for the few observations of a step on the CPU
+            fused_class = NumpyFusedActorCritic if self.device.type == "cpu" else FusedActorCritic
+            self._fused = fused_class(self.policy)  # type: ignore[arg-type]
             self._fused_for = self.policy
         self._fused.refresh()
         return self._fused
