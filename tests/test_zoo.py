@@ -291,9 +291,12 @@ def test_entry_point_with_subproc_vec_env(tmp_path):
     run(f"enjoy --algo trust_ppo --env Pendulum-v1 -f {tmp_path} --no-render -n 50 --verbose 0")
 
 
-@pytest.mark.skipif(shutil.which("sb3-trust") is None, reason="console script not installed")
+CONSOLE_SCRIPT = os.path.join(os.path.dirname(sys.executable), "sb3-trust")  # installed beside this interpreter
+
+
+@pytest.mark.skipif(not os.path.exists(CONSOLE_SCRIPT), reason="console script not installed")
 def test_console_script():
-    result = subprocess.run(["sb3-trust", "--help"], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([CONSOLE_SCRIPT, "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0
     for key in KEYS:
         assert key in result.stdout
