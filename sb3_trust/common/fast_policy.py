@@ -12,7 +12,9 @@ SB3's generic methods, and say so once in the log.
 
 import math
 from collections.abc import Callable
+from typing import Any
 
+import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.distributions import CategoricalDistribution, DiagGaussianDistribution
@@ -68,9 +70,49 @@ def unsupported_reason(policy: ActorCriticPolicy) -> str | None:
     return None
 
 
-def _run(layers: list[Layer], x: th.Tensor) -> th.Tensor:
+class _NumpyTanh(th.autograd.Function):
+    """``tanh`` evaluated by NumPy (several times faster than ``th.tanh`` on a CPU), with torch's own backward."""
+
+    @staticmethod
+    def forward(ctx: Any, x: th.Tensor) -> th.Tensor:  # type: ignore[override]
+        y = th.empty_like(x)
+        np.tanh(x.detach().numpy(), out=y.numpy())
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: th.Tensor) -> th.Tensor:  # type: ignore[override]
+        (y,) = ctx.saved_tensors
+        return th.ops.aten.tanh_backward(grad_output, y)
+
+
+def numpy_tanh(x: th.Tensor) -> th.Tensor:
+    """
+    ``th.tanh(x)`` computed by NumPy's vectorised ``tanh`` on CPU float tensors (about 5x faster here for the batch
+    sizes of PPO); results differ from ``th.tanh`` in the last bit at most. The backward pass is torch's
+    ``tanh_backward``; it is not twice differentiable (use ``th.tanh`` for double backprop). Other devices and dtypes
+    use ``th.tanh``.
+
+    :param x: input
+    :return: tanh(x)
+    """
+    if x.device.type != "cpu" or x.dtype not in (th.float32, th.float64):
+        return th.tanh(x)
+    if x.requires_grad and th.is_grad_enabled():
+        return _NumpyTanh.apply(x)  # type: ignore[no-any-return]
+    y = th.empty_like(x)
+    np.tanh(x.detach().numpy(), out=y.numpy())
+    return y
+
+
+def _run(layers: list[Layer], x: th.Tensor, fast_tanh: bool = False) -> th.Tensor:
     for linear, activation in layers:
-        x = F.linear(x, linear.weight, linear.bias) if linear is not None else activation(x)  # type: ignore[misc]
+        if linear is not None:
+            x = F.linear(x, linear.weight, linear.bias)
+        elif fast_tanh and activation is th.tanh:
+            x = numpy_tanh(x)
+        else:
+            x = activation(x)  # type: ignore[misc]
     return x
 
 
@@ -80,13 +122,16 @@ class FastActorCritic:
     policy's own parameters, so it always sees their current values; rebuild it if the policy object is replaced.
 
     :param policy: the policy
+    :param numpy_tanh: evaluate ``tanh`` layers with ``numpy_tanh`` (faster; last-bit differences from ``th.tanh``;
+        not twice differentiable)
     """
 
-    def __init__(self, policy: ActorCriticPolicy) -> None:
+    def __init__(self, policy: ActorCriticPolicy, numpy_tanh: bool = False) -> None:
         reason = unsupported_reason(policy)
         if reason is not None:
             raise ValueError(f"FastActorCritic does not support this policy: {reason}")
         self.policy = policy
+        self.numpy_tanh = numpy_tanh
         self.pi_layers = _layers(policy.mlp_extractor.policy_net)
         self.vf_layers = _layers(policy.mlp_extractor.value_net)
         self.action_net: nn.Linear = policy.action_net  # type: ignore[assignment]
@@ -102,7 +147,7 @@ class FastActorCritic:
         # FlattenExtractor on a flat Box: preprocess_obs is obs.float(), then flatten
         features = obs.float().flatten(1)
         assert self.pi_layers is not None and self.vf_layers is not None
-        return _run(self.pi_layers, features), _run(self.vf_layers, features)
+        return _run(self.pi_layers, features, self.numpy_tanh), _run(self.vf_layers, features, self.numpy_tanh)
 
     def values(self, latent_vf: th.Tensor) -> th.Tensor:
         return F.linear(latent_vf, self.value_net.weight, self.value_net.bias)
