@@ -1011,7 +1011,8 @@ def _build_report(results_dir: Path, out: Path, plots_dir: str | Path | None, re
     parts += [
         "## Software and machines",
         "",
-        f"Current algorithm code hash: `{current.code_hash}`; installed: "
+        f"Current algorithm code hashes: TrustPPO `{current.code_hash('ppo')}`, TrustTRPO/NPG "
+        f"`{current.code_hash('trpo')}`; installed: "
         + ", ".join(f"{key} {value}" for key, value in current.versions.items())
         + ".",
         "",

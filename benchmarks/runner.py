@@ -79,6 +79,16 @@ VERSIONED = {
 REFERENCE_LIBRARY = {"ppo": "stable_baselines3", "trpo": "sb3_contrib"}
 # Sub-packages of sb3_trust that are glue, not algorithm code: not part of the code hash
 GLUE_PACKAGES = ("zoo",)
+# Files that one algorithm family does not use: a change there does not make its results stale
+UNUSED_BY_FAMILY = {
+    "ppo": ("trpo/", "common/trust_region.py", "common/fast_fisher.py"),
+    "trpo": ("ppo/",),
+}
+
+
+def algorithm_family(zoo_key: str) -> str:
+    """:return: ``"ppo"`` for the TrustPPO keys, ``"trpo"`` for TrustTRPO/TrustNPG"""
+    return "ppo" if zoo_key.startswith("trust_ppo") else "trpo"
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -183,20 +193,25 @@ def package_dir() -> Path:
     return Path(sb3_trust.__file__).resolve().parent
 
 
-def algorithm_code_hash(directory: str | Path | None = None) -> dict[str, Any]:
+def algorithm_code_hash(directory: str | Path | None = None, family: str | None = None) -> dict[str, Any]:
     """
-    Hash of the algorithm code: every ``*.py`` of the ``sb3_trust`` package except the glue (``sb3_trust/zoo``).
+    Hash of the algorithm code: every ``*.py`` of the ``sb3_trust`` package except the glue (``sb3_trust/zoo``) and,
+    for one algorithm family, the files it does not use (``UNUSED_BY_FAMILY``).
     A result whose hash differs from the current one was produced by other algorithm code (it is *stale*).
 
     :param directory: the package directory (default: the imported package)
+    :param family: ``"ppo"``, ``"trpo"`` or ``None`` (all algorithm files)
     :return: ``{"hash": <16 hex digits>, "files": <number of files>}``
     """
     root = Path(directory) if directory is not None else package_dir()
     digest = hashlib.sha256()
+    unused = UNUSED_BY_FAMILY.get(family, ()) if family is not None else ()
     files = sorted(
         path
         for path in root.rglob("*.py")
-        if "__pycache__" not in path.parts and path.relative_to(root).parts[0] not in GLUE_PACKAGES
+        if "__pycache__" not in path.parts
+        and path.relative_to(root).parts[0] not in GLUE_PACKAGES
+        and not path.relative_to(root).as_posix().startswith(unused)
     )
     for path in files:
         digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
@@ -446,7 +461,8 @@ def execute(spec_data: dict[str, Any] | RunSpec, progress: Callable[[int], None]
         with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer), warnings.catch_warnings():
             warnings.simplefilter("default", UserWarning)
             record["versions"] = collect_versions()
-            record["code"] = {**algorithm_code_hash(), "git": spec.driver.get("git")}
+            family = algorithm_family(spec.zoo_key)
+            record["code"] = {**algorithm_code_hash(family=family), "family": family, "git": spec.driver.get("git")}
             record.update(_train_and_evaluate(spec, progress))
         record["status"] = "finished"
     except Exception as error:
@@ -561,16 +577,18 @@ class CurrentState:
     """The current code, library versions and configs, against which results are checked (computed lazily)."""
 
     def __init__(self) -> None:
-        self._code: dict[str, Any] | None = None
+        self._code: dict[str | None, dict[str, Any]] = {}
         self._versions: dict[str, str | None] | None = None
         self._entries: dict[tuple[str, str, str], Any] = {}
 
-    @property
-    def code_hash(self) -> str:
-        """:return: the current algorithm code hash"""
-        if self._code is None:
-            self._code = algorithm_code_hash()
-        return self._code["hash"]
+    def code_hash(self, family: str | None = None) -> str:
+        """
+        :param family: the algorithm family (``None``: all algorithm files)
+        :return: the current algorithm code hash
+        """
+        if family not in self._code:
+            self._code[family] = algorithm_code_hash(family=family)
+        return self._code[family]["hash"]
 
     @property
     def versions(self) -> dict[str, str | None]:
@@ -615,9 +633,10 @@ def staleness(record: dict[str, Any], current: CurrentState) -> list[str]:
         return [f"algorithm {run['algo']!r} is no longer defined"]
     libraries = [REFERENCE_LIBRARY[run["zoo_key"]]] if run["zoo_key"] in REFERENCE_KEYS else ["stable_baselines3"]
     if run["zoo_key"] not in REFERENCE_KEYS:
-        old = record.get("code", {}).get("hash")
-        if old != current.code_hash:
-            reasons.append(f"algorithm code changed ({old} → {current.code_hash})")
+        code = record.get("code", {})
+        now = current.code_hash(code.get("family"))
+        if code.get("hash") != now:
+            reasons.append(f"algorithm code changed ({code.get('hash')} → {now})")
     for library in libraries:
         if versions.get(library) != current.versions.get(library):
             reasons.append(f"{library} {versions.get(library)} → {current.versions.get(library)}")

@@ -329,7 +329,7 @@ def fake_record(algo: str, env: str, seed: int, final: float, steps_per_s: float
         "final": curve[-1],
         "timing": {"steps_per_s": steps_per_s, "train_s": timesteps / steps_per_s, "num_timesteps": timesteps},
         "versions": collect_versions(),
-        "code": {"hash": runner.algorithm_code_hash()["hash"]},
+        "code": {"hash": runner.algorithm_code_hash()["hash"]},  # no family: compared with the hash of all files
         "config": {"entry": jsonable(yml_entry(bench, env))},
         "host": {"hostname": "testhost", "cpu": "test cpu"},
     }
@@ -357,7 +357,8 @@ def test_permutation_test_and_verdict():
 
 def test_report_from_fixture_results(tmp_path, monkeypatch):
     # a fixed "current" code hash: other work may edit sb3_trust while the tests run
-    monkeypatch.setattr(runner, "algorithm_code_hash", lambda directory=None: {"hash": "feedfacefeedface", "files": 1})
+    fixed = {"hash": "feedfacefeedface", "files": 1}
+    monkeypatch.setattr(runner, "algorithm_code_hash", lambda directory=None, family=None: fixed)
     results = tmp_path / "results"
     rng = np.random.default_rng(0)
     scores = {
