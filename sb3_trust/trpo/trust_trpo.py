@@ -122,6 +122,18 @@ class TrustTRPO(OnPolicyAlgorithm):
 
     ``target_kl`` is the **trust-region radius δ**, not an early-stopping threshold as in PPO.
 
+    **Speed.** For SB3's standard ``MlpPolicy`` (flat Box observations, Linear/Tanh/ReLU layers, Categorical or diagonal
+    Gaussian actions, no gSDE) and a plain ``RolloutBuffer``, the algorithm avoids SB3's distribution objects and
+    autograd (``sb3_trust.common.fast_policy``, ``fast_fisher``, ``fused_policy``); other policies use SB3's generic
+    methods (the reason is printed once at ``verbose >= 1``). In both conventions: collection through
+    ``FastActorCritic`` (same results and random draws as SB3), the critic's gradient in closed form (the value branch
+    only), the rollout read once as tensors (same minibatch permutations). These keep ``"contrib"`` mode
+    bit-compatible with sb3-contrib. The default ``"paper"`` convention additionally uses, with last-bit differences
+    only (same random draws): the surrogate gradient and the Fisher-vector products in closed form (Jacobian-vector
+    product, the action distribution's Fisher matrix, vector-Jacobian product: the same matrix as double
+    backpropagation), NumPy's ``tanh`` for the actor and critic batches, actor and critic fused into one network for
+    collection (evaluated with NumPy on the CPU), and torch's fused Adam for the critic.
+
     **Actor parameters** are found structurally at every update: the policy parameters (in ``policy.parameters()``
     order) on which the mean KL has a gradient (autograd graph), i.e. everything the action distribution depends on,
     whatever the parameters are called (contrib additionally drops any parameter whose name contains ``"value"``).
@@ -447,13 +459,13 @@ class TrustTRPO(OnPolicyAlgorithm):
         no_step = LineSearchResult(False, 0, 0.0, 0.0, 0.0, 0.0)
         return _ActorStepStats(policy_objective, no_step, 0.0, 0.0, cg_residual, True)
 
-    def _actor_problem(self, batch: _ActorBatch) -> "_ActorProblem | _ActorStepStats":
+    def _actor_problem(self, batch: _ActorBatch) -> _ActorProblem:
         """
         The quantities of the actor step at θ_old, by autograd on SB3's distribution objects (any policy, both KL
         conventions; in ``"contrib"`` mode the same operations as sb3-contrib).
 
         :param batch: the actor batch
-        :return: the problem, or the statistics of a skipped step
+        :return: the problem
         """
         observations, actions, old_log_prob, advantages = batch
         with th.no_grad():
@@ -493,7 +505,7 @@ class TrustTRPO(OnPolicyAlgorithm):
 
         return _ActorProblem(actor_params, policy_objective, objective_grad, fisher_vector_product, evaluate, paper_kl)
 
-    def _analytic_actor_problem(self, analytic: AnalyticActor, batch: _ActorBatch) -> "_ActorProblem":
+    def _analytic_actor_problem(self, analytic: AnalyticActor, batch: _ActorBatch) -> _ActorProblem:
         """
         The quantities of the actor step at θ_old in closed form (``sb3_trust.common.fast_fisher``): one forward pass
         at θ_old, and the Fisher-vector products by a Jacobian-vector product, the action distribution's Fisher matrix
@@ -529,7 +541,7 @@ class TrustTRPO(OnPolicyAlgorithm):
             if analytic is not None:
                 analytic.release()
 
-    def _solve_actor_step(self, problem: "_ActorProblem") -> _ActorStepStats:
+    def _solve_actor_step(self, problem: _ActorProblem) -> _ActorStepStats:
         """
         CG, maximal step and line search (or NPG step) on the quantities of ``problem``, in place.
 
@@ -616,8 +628,8 @@ class TrustTRPO(OnPolicyAlgorithm):
     def _analytic_critic_step(self, critic: AnalyticCritic) -> tuple[list[float], int]:
         """
         The critic phase on the lean path: the value branch alone, its gradient in closed form (bit-identical to
-        autograd's), the same minibatches (same permutation draws) as ``RolloutBuffer.get``. The actor parameters
-        get no gradient at all, so the shared optimizer leaves them alone.
+        autograd's with ``th.tanh``, as in contrib mode), the same minibatches (same permutation draws) as
+        ``RolloutBuffer.get``. The actor parameters get no gradient at all, so the shared optimizer leaves them alone.
         """
         rollout = FlatRollout(self.rollout_buffer, self.device)
         observations, returns = rollout.observations.float(), rollout.returns
