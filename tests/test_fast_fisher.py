@@ -316,3 +316,19 @@ def test_numpy_fused_forward_hands_large_batches_to_torch(monkeypatch):
         assert not calls
         actions, values, log_prob = fused.forward(th.randn(large, 3))
     assert calls and actions.shape == (large, 1) and values.shape == (large, 1) and log_prob.shape == (large,)
+
+
+def test_critic_epoch_is_steps_on_the_minibatches():
+    policies = [make_policy("Pendulum-v1", [16, 16]) for _ in range(2)]
+    policies[1].load_state_dict(policies[0].state_dict())
+    obs, *_ = _batch(policies[0], n=40)
+    returns = th.randn(40, generator=th.Generator().manual_seed(3))
+    permutation = th.randperm(40, generator=th.Generator().manual_seed(4))
+    critics = [analytic_critic(FastActorCritic(policy), numpy_tanh=True) for policy in policies]
+    for critic in critics:
+        critic.begin()
+    losses = critics[0].epoch(obs, returns, permutation, 16)  # minibatches of 16, 16 and 8
+    expected = [critics[1].step(obs[permutation[i : i + 16]], returns[permutation[i : i + 16]]) for i in (0, 16, 32)]
+    assert losses == expected
+    for a, b in zip(policies[0].parameters(), policies[1].parameters(), strict=True):
+        assert th.equal(a, b)

@@ -389,6 +389,9 @@ class AnalyticCritic:
         :param returns: regression targets [batch]
         :return: the MSE loss and its gradient w.r.t. the chain's parameters (in ``chain_parameters`` order)
         """
+        return self._loss_and_gradient(observations, returns)
+
+    def _loss_and_gradient(self, observations: th.Tensor, returns: th.Tensor) -> tuple[th.Tensor, list[th.Tensor]]:
         cache: list[th.Tensor] = []
         values = chain_forward(self.chain, observations, cache, self.numpy_tanh)
         diff = values - returns.unsqueeze(-1)
@@ -474,13 +477,35 @@ class AnalyticCritic:
         :param returns: regression targets [batch]
         :return: the loss before the step
         """
-        loss, grads = self.loss_and_gradient(observations, returns)
-        value = loss.item()
-        if not math.isfinite(value) or not any(param.requires_grad for param in self.parameters):
-            return value
         with th.no_grad():
-            if self._direct_step(grads):
-                return value
+            return self._step(observations, returns, any(param.requires_grad for param in self.parameters))
+
+    def epoch(self, observations: th.Tensor, returns: th.Tensor, permutation: th.Tensor, batch_size: int) -> list[float]:
+        """
+        ``step`` on each minibatch ``permutation[start : start + batch_size]`` of the data, in order.
+
+        :param observations: [n_samples, obs_dim] (float)
+        :param returns: regression targets [n_samples]
+        :param permutation: order of the samples
+        :param batch_size: minibatch size
+        :return: the losses of the minibatches
+        """
+        trainable = any(param.requires_grad for param in self.parameters)
+        with th.no_grad():
+            return [
+                self._step(
+                    observations.index_select(0, indices := permutation[start : start + batch_size]),
+                    returns.index_select(0, indices),
+                    trainable,
+                )
+                for start in range(0, permutation.shape[0], batch_size)
+            ]
+
+    def _step(self, observations: th.Tensor, returns: th.Tensor, trainable: bool) -> float:
+        loss, grads = self._loss_and_gradient(observations, returns)
+        value = loss.item()
+        if not trainable or not math.isfinite(value) or self._direct_step(grads):
+            return value
         for param, grad in zip(self.parameters, grads, strict=True):
             if param.requires_grad:
                 param.grad = grad

@@ -634,17 +634,12 @@ class TrustTRPO(OnPolicyAlgorithm):
         rollout = FlatRollout(self.rollout_buffer, self.device)
         observations, returns = rollout.observations.float(), rollout.returns
         value_losses: list[float] = []
-        n_skipped = 0
         critic.begin()
         for _ in range(self.n_critic_updates):
             # As `FlatRollout.minibatches` (one permutation per epoch, same RNG use), gathering only what is used
             permutation = th.as_tensor(np.random.permutation(rollout.n_samples), device=self.device)
-            for start in range(0, rollout.n_samples, self.batch_size):
-                indices = permutation[start : start + self.batch_size]
-                loss = critic.step(observations.index_select(0, indices), returns.index_select(0, indices))
-                value_losses.append(loss)
-                if not math.isfinite(loss):
-                    n_skipped += 1
+            value_losses += critic.epoch(observations, returns, permutation, self.batch_size)
+        n_skipped = sum(not math.isfinite(loss) for loss in value_losses)
         return value_losses, n_skipped
 
     def _generic_critic_step(self, actor_params: list[th.Tensor]) -> tuple[list[float], int]:
