@@ -8,11 +8,14 @@ import copy
 import numpy as np
 import pytest
 import torch as th
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import ActorCriticPolicy
 from torch import nn
 from torch.func import jvp
 from torch.nn import functional as F
 
+from sb3_trust.common.fast_collect import collect_rollouts_fast
 from sb3_trust.common.fast_fisher import (
     AnalyticActor,
     analytic_actor,
@@ -26,8 +29,10 @@ from sb3_trust.common.fast_fisher import (
 from sb3_trust.common.fast_policy import FastActorCritic
 from sb3_trust.common.fused_policy import FusedActorCritic, NumpyFusedActorCritic
 from sb3_trust.common.kl import exact_kl
+from sb3_trust.common.numpy_collect import collect_rollouts_numpy
 from sb3_trust.common.trust_region import flat_grad, kl_fisher_vector_product_fn
 from sb3_trust.trpo import TrustTRPO
+from sb3_trust.trpo import trust_trpo as trust_trpo_module
 
 th.set_num_threads(1)
 
@@ -332,3 +337,73 @@ def test_critic_epoch_is_steps_on_the_minibatches():
     assert losses == expected
     for a, b in zip(policies[0].parameters(), policies[1].parameters(), strict=True):
         assert th.equal(a, b)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Collection with the fused NumPy network (sb3_trust.common.numpy_collect)
+
+
+class RecordLocals(BaseCallback):
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def _on_step(self) -> bool:
+        self.seen.append({key: type(value) for key, value in self.locals.items() if key not in ("self", "callback")})
+        return True
+
+
+def _collect(env_id: str, how: str, n_steps: int = 256):
+    model = TrustTRPO(
+        "MlpPolicy", env_id, n_steps=n_steps, batch_size=64, seed=0, device="cpu", policy_kwargs=dict(net_arch=[16])
+    )
+    model._setup_learn(n_steps, None)
+    callback = RecordLocals()
+    callback.init_callback(model)
+    buffer = model.rollout_buffer
+    if how == "numpy":
+        fused = model._fused_policy()
+        assert isinstance(fused, NumpyFusedActorCritic)
+        assert collect_rollouts_numpy(model, fused, model.env, callback, buffer, n_steps)
+    elif how == "fast":  # the same network through collect_rollouts_fast (torch views of forward_numpy)
+        assert collect_rollouts_fast(model, model._fused_policy(), model.env, callback, buffer, n_steps)
+    else:  # SB3
+        assert OnPolicyAlgorithm.collect_rollouts(model, model.env, callback, buffer, n_steps)
+    return model, buffer, callback, th.get_rng_state()
+
+
+BUFFER_FIELDS = ("observations", "actions", "rewards", "episode_starts", "values", "log_probs", "advantages", "returns")
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])  # Pendulum: 200-step time limit, bootstrapped
+def test_numpy_collection_is_sb3s(env_id):
+    numpy_run, fast_run, sb3_run = (_collect(env_id, how) for how in ("numpy", "fast", "sb3"))
+    _, buffer, callback, rng = numpy_run
+    # Exactly collect_rollouts_fast with the same network: same buffer, same random draws, same callback locals
+    _, fast_buffer, fast_callback, fast_rng = fast_run
+    for field in BUFFER_FIELDS:
+        np.testing.assert_array_equal(getattr(buffer, field), getattr(fast_buffer, field), err_msg=field)
+    assert buffer.pos == fast_buffer.pos == buffer.buffer_size and buffer.full
+    assert th.equal(rng, fast_rng)
+    # SB3's collect_rollouts: the same to the last bits
+    model, sb3_buffer, sb3_callback, sb3_rng = sb3_run
+    assert th.equal(rng, sb3_rng)
+    for field in BUFFER_FIELDS:
+        np.testing.assert_allclose(getattr(buffer, field), getattr(sb3_buffer, field), rtol=1e-5, atol=1e-5, err_msg=field)
+    # The callbacks see SB3's local variables, with the same types (and a few more)
+    assert len(callback.seen) == len(fast_callback.seen) == len(sb3_callback.seen) == buffer.buffer_size
+    for seen, sb3_seen in zip(callback.seen, sb3_callback.seen, strict=True):
+        assert {key: seen.get(key) for key in sb3_seen} == sb3_seen
+    if env_id == "Pendulum-v1":
+        assert model.ep_info_buffer and buffer.episode_starts.sum() > 0  # episodes ended (time limit)
+
+
+def test_trpo_collects_with_numpy_in_paper_mode_only(monkeypatch):
+    calls = []
+    monkeypatch.setattr(trust_trpo_module, "collect_rollouts_numpy", lambda *args: calls.append("numpy") or True)
+    monkeypatch.setattr(trust_trpo_module, "collect_rollouts_fast", lambda *args: calls.append("fast") or True)
+    for kl_convention in ("paper", "contrib"):
+        model = TrustTRPO("MlpPolicy", "CartPole-v1", n_steps=64, batch_size=64, kl_convention=kl_convention, device="cpu")
+        model._setup_learn(64, None)
+        model.collect_rollouts(model.env, None, model.rollout_buffer, 64)
+    assert calls == ["numpy", "fast"]

@@ -135,13 +135,32 @@ class NumpyFusedActorCritic(FusedActorCritic):
             self._numpy_neg_half_inverse_variance = self._neg_half_inverse_variance.detach().numpy()
             self._numpy_log_normaliser = self._log_normaliser.detach().numpy()
 
+    def supports_batch(self, n_rows: int) -> bool:
+        """
+        :param n_rows: number of observations per call
+        :return: whether ``forward_numpy`` serves such a batch (single-threaded BLAS), after ``refresh()``
+        """
+        return n_rows <= self._max_rows
+
     def forward(self, obs: th.Tensor, deterministic: bool = False) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
         """
         See ``FusedActorCritic.forward``.
         """
-        if obs.shape[0] > self._max_rows or obs.device.type != "cpu":
+        if not self.supports_batch(obs.shape[0]) or obs.device.type != "cpu":
             return super().forward(obs, deterministic)
-        x = obs.numpy().reshape(obs.shape[0], -1).astype(np.float32, copy=False)
+        actions, values, log_prob = self.forward_numpy(obs.numpy(), deterministic)
+        return th.from_numpy(actions), th.from_numpy(values), th.from_numpy(log_prob)
+
+    def forward_numpy(self, obs: np.ndarray, deterministic: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """
+        ``forward`` on NumPy arrays (for a batch that ``supports_batch``).
+
+        :param obs: observations [batch, ...]
+        :param deterministic: take the mode instead of sampling
+        :return: actions (Categorical: int64 [batch]; Gaussian: float32 [batch, action_dim]), values [batch, 1] and
+            log-likelihood of the actions [batch]
+        """
+        x = obs.reshape(obs.shape[0], -1).astype(np.float32, copy=False)
         for weight_t, bias, activation in self._numpy:
             x = x @ weight_t
             x += bias
@@ -156,11 +175,12 @@ class NumpyFusedActorCritic(FusedActorCritic):
             total = exp.sum(axis=1, keepdims=True)
             probs = th.from_numpy(exp / total)
             if deterministic:
-                actions = th.argmax(probs, dim=1)
+                actions = th.argmax(probs, dim=1).numpy()
             else:
-                actions = th.multinomial(probs, 1, True).view(-1)
-            log_prob = np.take_along_axis(shifted, actions.numpy().reshape(-1, 1), axis=1).reshape(-1) - np.log(total[:, 0])
-            return actions, th.from_numpy(values), th.from_numpy(log_prob)
+                # Categorical.sample(): multinomial(probs, 1, True)
+                actions = th.multinomial(probs, 1, True).view(-1).numpy()
+            log_prob = np.take_along_axis(shifted, actions.reshape(-1, 1), axis=1).reshape(-1) - np.log(total[:, 0])
+            return actions, values, log_prob
         if deterministic:
             actions_np = out.copy()
         else:
@@ -170,4 +190,4 @@ class NumpyFusedActorCritic(FusedActorCritic):
             actions_np += out
         diff = actions_np - out
         log_prob = (diff * diff) @ self._numpy_neg_half_inverse_variance - self._numpy_log_normaliser
-        return th.from_numpy(actions_np), th.from_numpy(values), th.from_numpy(log_prob)
+        return actions_np, values, log_prob

@@ -29,6 +29,7 @@ from sb3_trust.common.fast_policy import FastActorCritic, unsupported_reason, us
 from sb3_trust.common.fast_rollout import FlatRollout
 from sb3_trust.common.fused_policy import FusedActorCritic, NumpyFusedActorCritic
 from sb3_trust.common.kl import exact_kl
+from sb3_trust.common.numpy_collect import collect_rollouts_numpy
 from sb3_trust.common.trust_region import (
     LineSearchResult,
     apply_fixed_step,
@@ -362,9 +363,12 @@ class TrustTRPO(OnPolicyAlgorithm):
         if fast is None:
             return super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps)
         # The same results and random draws as SB3's collect_rollouts, without distribution objects; in the paper
-        # convention, with the actor and critic fused into one network (last-bit differences)
-        collector = self._fused_policy() or fast
-        return collect_rollouts_fast(self, collector, env, callback, rollout_buffer, n_rollout_steps)
+        # convention, with the actor and critic fused into one network (last-bit differences), evaluated with NumPy
+        # for small CPU batches
+        fused = self._fused_policy()
+        if isinstance(fused, NumpyFusedActorCritic) and fused.supports_batch(env.num_envs):
+            return collect_rollouts_numpy(self, fused, env, callback, rollout_buffer, n_rollout_steps)
+        return collect_rollouts_fast(self, fused or fast, env, callback, rollout_buffer, n_rollout_steps)
 
     def _fused_policy(self) -> FusedActorCritic | None:
         """
