@@ -174,9 +174,9 @@ def test_analytic_critic_matches_autograd(env_id, net_arch, activation_fn):
     loss, grads = critic.loss_and_gradient(obs, returns)
     expected_loss = F.mse_loss(returns, policy.predict_values(obs).flatten())
     expected = th.autograd.grad(expected_loss, critic.parameters)
-    assert th.equal(loss, expected_loss.detach())
+    assert loss.item() == pytest.approx(expected_loss.item(), rel=1e-6)  # a sum of squares: the last bits may differ
     for got, want in zip(grads, expected, strict=True):
-        assert th.allclose(got, want, rtol=1e-6, atol=1e-8)
+        assert th.equal(got, want)  # with th.tanh: bit-identical (TrustTRPO's contrib mode relies on it)
     # the step moves the critic only, and skips a non-finite loss
     before = {name: param.detach().clone() for name, param in policy.named_parameters()}
     critic_ids = {id(param) for param in critic.parameters}

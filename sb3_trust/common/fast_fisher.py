@@ -396,14 +396,21 @@ class AnalyticCritic:
         :param returns: regression targets [batch]
         :return: the MSE loss and its gradient w.r.t. the chain's parameters (in ``chain_parameters`` order)
         """
-        return self._loss_and_gradient(observations, returns)
+        squared_error, grads = self._squared_error_and_gradient(observations, returns.unsqueeze(-1))
+        return squared_error / returns.shape[0], grads
 
-    def _loss_and_gradient(self, observations: th.Tensor, returns: th.Tensor) -> tuple[th.Tensor, list[th.Tensor]]:
+    def _squared_error_and_gradient(self, observations: th.Tensor, returns: th.Tensor) -> tuple[th.Tensor, list[th.Tensor]]:
+        """
+        :param returns: regression targets [batch, 1]
+        :return: the sum of the squared errors, and the gradient of their mean (as ``F.mse_loss``'s backward:
+            ``2 (values - returns) / batch``, then ``chain_vjp``)
+        """
         cache: list[th.Tensor] = []
         values = chain_forward(self.chain, observations, cache, self.numpy_tanh)
-        diff = values - returns.unsqueeze(-1)
-        loss = F.mse_loss(returns, values.flatten())
-        return loss, chain_vjp(self.chain, cache, diff.mul_(2.0 / diff.shape[0]))
+        diff = values - returns
+        flat = diff.view(-1)
+        squared_error = th.dot(flat, flat)
+        return squared_error, chain_vjp(self.chain, cache, diff.mul_(2.0 / diff.shape[0]))
 
     def begin(self) -> None:
         """Call before a series of ``step``: clears the gradients and (re)reads the optimizer's state."""
@@ -485,7 +492,7 @@ class AnalyticCritic:
         :return: the loss before the step
         """
         with th.no_grad():
-            return self._step(observations, returns, any(param.requires_grad for param in self.parameters))
+            return self._step(observations, returns.unsqueeze(-1), any(param.requires_grad for param in self.parameters))
 
     def epoch(self, observations: th.Tensor, returns: th.Tensor, permutation: th.Tensor, batch_size: int) -> list[float]:
         """
@@ -498,19 +505,21 @@ class AnalyticCritic:
         :return: the losses of the minibatches
         """
         trainable = any(param.requires_grad for param in self.parameters)
+        returns_column = returns.unsqueeze(-1)
         with th.no_grad():
             return [
                 self._step(
                     observations.index_select(0, indices := permutation[start : start + batch_size]),
-                    returns.index_select(0, indices),
+                    returns_column.index_select(0, indices),
                     trainable,
                 )
                 for start in range(0, permutation.shape[0], batch_size)
             ]
 
     def _step(self, observations: th.Tensor, returns: th.Tensor, trainable: bool) -> float:
-        loss, grads = self._loss_and_gradient(observations, returns)
-        value = loss.item()
+        """``step`` with ``returns`` as a column [batch, 1]"""
+        squared_error, grads = self._squared_error_and_gradient(observations, returns)
+        value = squared_error.item() / returns.shape[0]
         if not trainable or not math.isfinite(value) or self._direct_step(grads):
             return value
         for param, grad in zip(self.parameters, grads, strict=True):
