@@ -79,11 +79,29 @@ VERSIONED = {
 REFERENCE_LIBRARY = {"ppo": "stable_baselines3", "trpo": "sb3_contrib"}
 # Sub-packages of sb3_trust that are glue, not algorithm code: not part of the code hash
 GLUE_PACKAGES = ("zoo",)
-# Files that one algorithm family does not use: a change there does not make its results stale
-UNUSED_BY_FAMILY = {
-    "ppo": ("trpo/", "common/trust_region.py", "common/fast_fisher.py"),
-    "trpo": ("ppo/",),
-}
+# The files each algorithm family's code is made of (prefixes, relative to the package): a change elsewhere does not
+# make its results stale. TrustPPO: its folder and the shared modules it imports; TrustTRPO/NPG: all but TrustPPO's folder.
+PPO_FILES = (
+    "__init__.py",
+    "ppo/",
+    *(
+        f"common/{name}.py"
+        for name in (
+            "__init__",
+            "fast_collect",
+            "fast_policy",
+            "fast_rollout",
+            "kl",
+            "losses",
+            "policy_utils",
+            "reference",
+            "rollout",
+            "safety",
+            "schedules",
+            "validation",
+        )
+    ),
+)
 
 
 def algorithm_family(zoo_key: str) -> str:
@@ -196,7 +214,7 @@ def package_dir() -> Path:
 def algorithm_code_hash(directory: str | Path | None = None, family: str | None = None) -> dict[str, Any]:
     """
     Hash of the algorithm code: every ``*.py`` of the ``sb3_trust`` package except the glue (``sb3_trust/zoo``) and,
-    for one algorithm family, the files it does not use (``UNUSED_BY_FAMILY``).
+    for one algorithm family, the files it does not use (see ``PPO_FILES``).
     A result whose hash differs from the current one was produced by other algorithm code (it is *stale*).
 
     :param directory: the package directory (default: the imported package)
@@ -205,13 +223,18 @@ def algorithm_code_hash(directory: str | Path | None = None, family: str | None 
     """
     root = Path(directory) if directory is not None else package_dir()
     digest = hashlib.sha256()
-    unused = UNUSED_BY_FAMILY.get(family, ()) if family is not None else ()
+
+    def belongs(relative: str) -> bool:
+        if family == "ppo":
+            return relative.startswith(PPO_FILES)
+        return family is None or not relative.startswith("ppo/")
+
     files = sorted(
         path
         for path in root.rglob("*.py")
         if "__pycache__" not in path.parts
         and path.relative_to(root).parts[0] not in GLUE_PACKAGES
-        and not path.relative_to(root).as_posix().startswith(unused)
+        and belongs(path.relative_to(root).as_posix())
     )
     for path in files:
         digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
