@@ -19,6 +19,7 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
 import sb3_trust.trpo.trust_trpo as trust_trpo_module
+from sb3_trust.common.safety import NonFiniteError
 from sb3_trust.trpo import TrustNPG, TrustTRPO
 
 th.set_num_threads(1)
@@ -543,12 +544,37 @@ def _actor_state(model):
     return {name: param.detach().clone() for name, param in model.policy.named_parameters() if "value" not in name}
 
 
-def test_nan_advantage_skips_actor_step():
+def test_nan_advantage_in_the_rollout_stops_before_the_update():
+    model = silent(TrustTRPO("MlpPolicy", "CartPole-v1", **SMALL))
+    model.learn(64)
+    before = {name: value.clone() for name, value in model.policy.state_dict().items()}
+    with pytest.raises(NonFiniteError, match="advantage"):
+        model.learn(64, callback=NaNAdvantage(), reset_num_timesteps=False)
+    for name, value in model.policy.state_dict().items():
+        assert th.equal(value, before[name]), name
+
+
+def test_nan_surrogate_skips_actor_step(monkeypatch):
+    """A NaN that appears inside the actor step (not in the rollout) skips that step only."""
+    real_batch = TrustTRPO._actor_batch
+    poison = {"on": False}
+
+    def nan_batch(self, *args, **kwargs):
+        batch = real_batch(self, *args, **kwargs)
+        if poison["on"]:
+            advantages = batch.advantages.clone()
+            advantages[3] = math.nan
+            batch = batch._replace(advantages=advantages)
+        return batch
+
+    monkeypatch.setattr(TrustTRPO, "_actor_batch", nan_batch)
     model = silent(TrustTRPO("MlpPolicy", "CartPole-v1", **SMALL))
     model.learn(64)  # one normal update first
     before = _actor_state(model)
+    poison["on"] = True
     with pytest.warns(UserWarning, match="non-finite surrogate"):
-        model.learn(128, callback=NaNAdvantage(), reset_num_timesteps=False)
+        model.learn(128, reset_num_timesteps=False)
+    poison["on"] = False
     for name, value in _actor_state(model).items():
         assert th.equal(value, before[name]), name
     logs = last_logs(model)
@@ -618,7 +644,7 @@ def test_bad_curvature_skips_actor_step(monkeypatch, s_f_s, kl_convention):
     assert last_logs(model)["actor_step_skipped"] == 1
 
 
-def test_nan_returns_skip_critic_minibatches():
+def test_nan_returns_skip_the_update_in_skip_mode():
     class NaNReturn(BaseCallback):
         def _on_step(self) -> bool:
             return True
@@ -626,9 +652,11 @@ def test_nan_returns_skip_critic_minibatches():
         def _on_rollout_end(self) -> None:
             self.model.rollout_buffer.returns[5, 0] = np.nan
 
-    model = silent(TrustTRPO("MlpPolicy", "CartPole-v1", **SMALL))
-    with pytest.warns(UserWarning, match="non-finite value loss"):
+    model = silent(TrustTRPO("MlpPolicy", "CartPole-v1", on_non_finite="skip", **SMALL))
+    before = {name: value.clone() for name, value in model.policy.state_dict().items()}
+    with pytest.warns(UserWarning, match="non-finite return"):
         model.learn(64, callback=NaNReturn())
-    # the minibatch holding the NaN is skipped in each of the 2 epochs
-    assert last_logs(model)["critic_step_skipped"] == 2
-    assert all(th.isfinite(param).all() for param in model.policy.parameters())
+    # the rollout check catches the NaN before the update: nothing moved, the update is counted as skipped
+    assert model._n_skipped_updates == 1
+    for name, value in model.policy.state_dict().items():
+        assert th.equal(value, before[name]), name

@@ -1,5 +1,8 @@
 import copy
+import io
 import math
+import os
+import pathlib
 import warnings
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal, NamedTuple, TypeVar
@@ -7,6 +10,7 @@ from typing import Any, ClassVar, Literal, NamedTuple, TypeVar
 import numpy as np
 import torch as th
 from gymnasium import spaces
+from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.distributions import Distribution, kl_divergence
@@ -30,6 +34,17 @@ from sb3_trust.common.fast_rollout import FlatRollout
 from sb3_trust.common.fused_policy import FusedActorCritic, NumpyFusedActorCritic
 from sb3_trust.common.kl import exact_kl
 from sb3_trust.common.numpy_collect import collect_rollouts_numpy
+from sb3_trust.common.reference import (
+    REFERENCE_EXCLUDED_SAVE_PARAMS,
+    after_collection,
+    after_update,
+    check_reference_kwargs,
+    current_reference_coef,
+    init_reference,
+    reference_active,
+    setup_reference,
+)
+from sb3_trust.common.safety import NON_FINITE_ACTIONS, check_saved_model, guarded_update
 from sb3_trust.common.trust_region import (
     LineSearchResult,
     apply_fixed_step,
@@ -46,6 +61,7 @@ from sb3_trust.common.validation import (
     check_number,
     check_rollout_sizes,
 )
+from sb3_trust.ppo.trust_ppo import TrustPPO
 from sb3_trust.trpo.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
 
 SelfTrustTRPO = TypeVar("SelfTrustTRPO", bound="TrustTRPO")
@@ -197,6 +213,16 @@ class TrustTRPO(OnPolicyAlgorithm):
         ``"contrib"`` (sb3-contrib's KL(π_new ‖ π_old) averaged over action dims, ``kl < δ``, random CG start)
     :param step_rule: ``"line_search"`` (TRPO) or ``"npg"`` (natural policy gradient: fixed step
         ``sqrt(2 δ / sᵀ F s)``, no line search; ``line_search_*`` are then unused)
+    :param on_non_finite: what happens when a NaN or infinite number appears in the rollout: ``"raise"`` (default,
+        ``NonFiniteError`` naming the quantity and the timestep) or ``"skip"`` (warn and skip the update); the state from
+        before the update is kept. Non-finite quantities inside the actor step skip that step (``train/actor_step_skipped``).
+    :param reference_policy: a frozen reference policy π_ref (RLHF-style fine-tuning), as in ``TrustPPO``: a path to a
+        saved SB3 model (recorded and reloaded), an SB3 model or an ``ActorCriticPolicy``; ``None``: no reference
+    :param reference_kl_coef: β of the reference penalty (float, schedule, or the controller's initial value)
+    :param reference_kl_mode: ``"reward"`` (shaping before GAE) or ``"loss"`` (``- β·mean KL(π ‖ π_ref)`` added to the
+        surrogate that the trust-region step maximises; this uses the autograd actor step)
+    :param reference_kl_target: target of the proportional β controller (Ziegler et al. 2019), or ``None``
+    :param reference_kl_horizon: horizon (in samples) of that controller
     """
 
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
@@ -236,6 +262,12 @@ class TrustTRPO(OnPolicyAlgorithm):
         *,
         kl_convention: KLConvention = "paper",
         step_rule: StepRule = "line_search",
+        on_non_finite: str = "raise",
+        reference_policy: "str | os.PathLike | BaseAlgorithm | ActorCriticPolicy | None" = None,
+        reference_kl_coef: float | Schedule = 0.05,
+        reference_kl_mode: str = "reward",
+        reference_kl_target: float | None = None,
+        reference_kl_horizon: int = 10_000,
     ):
         # Checked before anything is built, so that a wrong setting fails before the env is created
         check_common_on_policy_kwargs(
@@ -260,6 +292,14 @@ class TrustTRPO(OnPolicyAlgorithm):
             high_inclusive=False,
         )
         check_number("line_search_max_iter", line_search_max_iter, low=1, integer=True)
+        check_choice("on_non_finite", on_non_finite, NON_FINITE_ACTIONS)
+        reference_kwargs = dict(
+            reference_kl_coef=reference_kl_coef,
+            reference_kl_mode=reference_kl_mode,
+            reference_kl_target=reference_kl_target,
+            reference_kl_horizon=reference_kl_horizon,
+        )
+        check_reference_kwargs(reference_policy, **reference_kwargs)
         check_number("n_critic_updates", n_critic_updates, low=0, integer=True)
         check_number("target_kl", target_kl, low=0.0, low_inclusive=False)
         check_number("sub_sampling_factor", sub_sampling_factor, low=1, integer=True)
@@ -317,8 +357,14 @@ class TrustTRPO(OnPolicyAlgorithm):
         self.sub_sampling_factor = sub_sampling_factor
         self.kl_convention = kl_convention
         self.step_rule = step_rule
+        self.on_non_finite = on_non_finite
+        # Which algorithm family wrote a saved file (checked by load())
+        self._trust_algorithm = "TrustTRPO"
         # Training state: created here (not in `_setup_model`) so that `load()` restores it
         self._n_actor_steps_skipped = 0
+        self._n_skipped_updates = 0
+        # KL penalty toward a frozen reference policy (RLHF): settings, current β, the frozen policy
+        init_reference(self, reference_policy, reference_kwargs)
 
         if _init_setup_model:
             self._setup_model()
@@ -346,6 +392,7 @@ class TrustTRPO(OnPolicyAlgorithm):
         self._analytic_for: ActorCriticPolicy | None = None
         self._fused: FusedActorCritic | None = None
         self._fused_for: ActorCriticPolicy | None = None
+        setup_reference(self)
 
     def _excluded_save_params(self) -> list[str]:
         return [
@@ -356,9 +403,21 @@ class TrustTRPO(OnPolicyAlgorithm):
             "_analytic_for",
             "_fused",
             "_fused_for",
+            *REFERENCE_EXCLUDED_SAVE_PARAMS,
         ]
 
+    # Same method as TrustPPO's: attach the frozen reference policy (e.g. after load())
+    set_reference_policy = TrustPPO.set_reference_policy
+
     def collect_rollouts(
+        self, env: VecEnv, callback: BaseCallback, rollout_buffer: RolloutBuffer, n_rollout_steps: int
+    ) -> bool:
+        complete = self._collect_rollouts(env, callback, rollout_buffer, n_rollout_steps)
+        if complete:
+            after_collection(self)  # reward shaping toward the reference policy, if any
+        return complete
+
+    def _collect_rollouts(
         self, env: VecEnv, callback: BaseCallback, rollout_buffer: RolloutBuffer, n_rollout_steps: int
     ) -> bool:
         fast = self._fast_path()
@@ -480,6 +539,11 @@ class TrustTRPO(OnPolicyAlgorithm):
         distribution = self.policy.get_distribution(observations)
         ratio = th.exp(distribution.log_prob(actions) - old_log_prob)
         policy_objective = (advantages * ratio).mean()
+        # Reference KL, loss placement: maximise mean(r·A) - β·mean KL(π ‖ π_ref)
+        reference_coef = self._reference_loss_coef()
+        reference_distribution = copy.copy(self._reference.distribution(observations)) if reference_coef is not None else None
+        if reference_distribution is not None:
+            policy_objective = policy_objective - reference_coef * exact_kl(distribution, reference_distribution).mean()
         kl = self._constraint_kl(old_distribution, distribution)
 
         # Actor parameters, found structurally: those the action distribution (hence the KL) depends on
@@ -507,7 +571,10 @@ class TrustTRPO(OnPolicyAlgorithm):
             constraint_kl = self._constraint_kl(old_distribution, new_distribution)
             if self.kl_convention != "paper":
                 paper_kl[0] = exact_kl(old_distribution, new_distribution).mean().item()
-            return (advantages * new_ratio).mean(), constraint_kl
+            surrogate = (advantages * new_ratio).mean()
+            if reference_distribution is not None:
+                surrogate = surrogate - reference_coef * exact_kl(new_distribution, reference_distribution).mean()
+            return surrogate, constraint_kl
 
         return _ActorProblem(actor_params, policy_objective, objective_grad, fisher_vector_product, evaluate, paper_kl)
 
@@ -536,7 +603,8 @@ class TrustTRPO(OnPolicyAlgorithm):
         :param batch: the actor batch
         :return: the actor parameters, and the step's statistics
         """
-        analytic = self._analytic_actor()
+        # The closed-form actor has no reference-KL term: with reference_kl_mode="loss", autograd is used
+        analytic = None if self._reference_loss_coef() is not None else self._analytic_actor()
         try:
             if analytic is not None:
                 problem = self._analytic_actor_problem(analytic, batch)
@@ -673,10 +741,21 @@ class TrustTRPO(OnPolicyAlgorithm):
                 param.requires_grad_(flag)
         return value_losses, n_skipped
 
+    def _reference_loss_coef(self) -> float | None:
+        """:return: β of the reference KL when it is placed in the loss, else ``None``"""
+        if reference_active(self) and self.reference_kl_mode == "loss":
+            return current_reference_coef(self)
+        return None
+
     def train(self) -> None:
         """
-        Update policy using the currently gathered rollout buffer.
+        Update policy using the currently gathered rollout buffer. Non-finite numbers in the rollout and interruptions
+        leave the policy, the optimizer and the counters as they were before the update (see ``on_non_finite``).
         """
+        guarded_update(self, self._update, ("_n_updates", "_n_actor_steps_skipped", "_reference_kl_coef"))
+
+    def _update(self) -> None:
+        """One update: the actor's trust-region step, then the critic's regression."""
         # Switch to train mode (this affects batch norm / dropout)
         self.policy.set_training_mode(True)
         # Update optimizer learning rate
@@ -707,6 +786,27 @@ class TrustTRPO(OnPolicyAlgorithm):
         if hasattr(self.policy, "log_std"):
             self.logger.record("train/std", th.exp(self.policy.log_std).mean().item())
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        # KL(π ‖ π_ref) after the update: logged, and drives the reference β controller if any
+        after_update(self)
+
+    @classmethod
+    def load(  # type: ignore[override]
+        cls: type[SelfTrustTRPO],
+        path: str | pathlib.Path | io.BufferedIOBase,
+        env: GymEnv | None = None,
+        device: th.device | str = "auto",
+        custom_objects: dict[str, Any] | None = None,
+        print_system_info: bool = False,
+        force_reset: bool = True,
+        **kwargs: Any,
+    ) -> SelfTrustTRPO:
+        """
+        SB3's ``load()``, after checking that ``path`` is a readable file saved by TrustTRPO or TrustNPG (a clear
+        ``ValueError`` otherwise, before anything is built). All training state is restored from the file.
+        WARNING: model files contain pickled Python objects; load only files you trust, as with SB3.
+        """
+        check_saved_model(path, "TrustTRPO", cls.__name__)
+        return super().load(path, env, device, custom_objects, print_system_info, force_reset, **kwargs)
 
     def learn(
         self: SelfTrustTRPO,
