@@ -153,14 +153,15 @@ def _learned_return(env_id: str, seed: int, timesteps: int = 100_000, **kwargs) 
 
 @pytest.mark.expensive
 def test_learns_cartpole():
-    # rl_zoo3/hyperparams/trpo.yml, CartPole-v1. After exactly 100k steps the evaluation return is 500 for about 70 % of
-    # the seeds and below 400 for about 10 % (22 seeds, mean 459; the same distribution with SB3's generic policy
-    # methods: mean 457), and any last-bit change of the arithmetic reshuffles which seeds those are: hence 3 seeds.
+    # rl_zoo3/hyperparams/trpo.yml, CartPole-v1. After exactly 100k steps the evaluation return is 500 for a majority of
+    # seeds but not all (seeds 0-10 here: 395, 412, 430, 500, 438, 391, 500, 500, 500, 500, 500; sb3-contrib's TRPO is
+    # seed-dependent in the same way), and any last-bit change of the arithmetic reshuffles which seeds those are.
+    # So the issue's threshold (475) is asserted on the median over 11 seeds.
     zoo = dict(
         n_steps=512, batch_size=512, cg_damping=1e-3, gae_lambda=0.98, gamma=0.99, learning_rate=1e-3, n_critic_updates=20
     )
-    returns = sorted(_learned_return("CartPole-v1", seed, **zoo) for seed in range(3))
-    assert returns[1] >= 400, returns
+    returns = sorted(_learned_return("CartPole-v1", seed, **zoo) for seed in range(11))
+    assert returns[5] >= 475, returns
 
 
 @pytest.mark.expensive
