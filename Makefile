@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# The whole test suite (about 10 minutes on 2 cores)
+# The whole test suite (about 4 minutes on 2 cores)
 test: $(STAMP)
 	$(BIN)/python -m pytest tests -q --durations=15
 
