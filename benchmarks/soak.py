@@ -13,9 +13,12 @@ import platform
 import resource
 import tempfile
 import time
+from typing import Any
 
 import numpy as np
 import torch as th
+
+from benchmarks.throughput import in_subprocess
 
 
 def _rss_mb() -> float:
@@ -75,17 +78,9 @@ def soak(algo: str, env_id: str, steps: int, cycle: int, folder: str) -> dict:
     )
 
 
-def _run_in_subprocess(algo: str, env_id: str, steps: int, cycle: int, folder: str) -> dict:
-    import multiprocessing as mp
-
-    context = mp.get_context("spawn")
-    with context.Pool(1) as pool:
-        return pool.apply(_soak_job, (algo, env_id, steps, cycle, folder))
-
-
-def _soak_job(algo: str, env_id: str, steps: int, cycle: int, folder: str) -> dict:
+def _soak_job(algo: str, env_id: str, steps: int, cycle: int, folder: str, queue: Any) -> None:
     th.set_num_threads(1)
-    return soak(algo, env_id, steps, cycle, folder)
+    queue.put(soak(algo, env_id, steps, cycle, folder))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -105,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as folder:
         for algo in args.algos:
             # A fresh process per algorithm, so that each one's memory is measured alone
-            result = _run_in_subprocess(algo, args.env, args.steps, args.cycle, folder)
+            result = in_subprocess(_soak_job, algo, args.env, args.steps, args.cycle, folder)
             lines.append(
                 f"| {algo} | {args.env} | {result['steps']} | {result['cycles']} | {result['peak_first']:.0f} "
                 f"| {result['peak_last']:.0f} | {100 * result['growth']:+.1f}% | {result['exact']} | {result['wall']:.0f} "

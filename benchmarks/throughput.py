@@ -131,9 +131,10 @@ def _env_only(config_name: str, seed: int, queue: "mp.Queue[dict[str, float]]") 
     queue.put(dict(steps_per_s=n_steps * env.num_envs / (time.perf_counter() - start)))
 
 
-def _in_subprocess(target: Any, *args: Any) -> dict[str, float]:
+def in_subprocess(target: Any, *args: Any) -> dict[str, Any]:
+    """Run ``target(*args, queue)`` in a fresh (spawned) process and return what it put in the queue."""
     context = mp.get_context("spawn")
-    queue: mp.Queue[dict[str, float]] = context.Queue()
+    queue: mp.Queue[dict[str, Any]] = context.Queue()
     process = context.Process(target=target, args=(*args, queue))
     process.start()
     result = queue.get()
@@ -159,8 +160,8 @@ def main(argv: list[str] | None = None) -> None:
         runs: dict[str, list[dict[str, float]]] = {config.reference: [], config.ours: []}
         for repeat in range(args.repeats):
             for algo in (config.reference, config.ours):  # interleaved: A B A B ...
-                runs[algo].append(_in_subprocess(_measure, algo, name, repeat))
-        env_only = _in_subprocess(_env_only, name, 0)["steps_per_s"]
+                runs[algo].append(in_subprocess(_measure, algo, name, repeat))
+        env_only = in_subprocess(_env_only, name, 0)["steps_per_s"]
         ratios = [o["steps_per_s"] / r["steps_per_s"] for r, o in zip(runs[config.reference], runs[config.ours], strict=True)]
 
         def median(algo: str, key: str) -> float:
