@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.runner import (
+    SCHEMA_VERSION,
     THREAD_ENV,
     Progress,
     RunSpec,
@@ -45,19 +46,10 @@ def failure_record(spec: RunSpec, error_type: str, message: str, log: str = "") 
     :return: a failed-run record for a run whose job could not report by itself
     """
     return {
-        "schema": 1,
+        "schema": SCHEMA_VERSION,
         "status": "failed",
         "run_id": spec.run_id,
-        "run": {
-            "algo": spec.algo,
-            "zoo_key": spec.zoo_key,
-            "label": spec.label,
-            "env": spec.env,
-            "seed": spec.seed,
-            "timesteps": spec.timesteps,
-            "hyperparams": {key: repr(value) for key, value in spec.hyperparams.items()},
-            "cli_hyperparams": dict(spec.cli_hyperparams),
-        },
+        "run": spec.run_info(),
         "attempt": spec.attempt,
         "error": {"type": error_type, "message": message, "traceback": ""},
         "log_tail": log[-4000:],

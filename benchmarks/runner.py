@@ -162,6 +162,19 @@ class RunSpec:
         """:return: the spec as a dict"""
         return asdict(self)
 
+    def run_info(self) -> dict[str, Any]:
+        """:return: the ``run`` field of its result record (finished or failed)"""
+        return {
+            "algo": self.algo,
+            "zoo_key": self.zoo_key,
+            "label": self.label,
+            "env": self.env,
+            "seed": self.seed,
+            "timesteps": self.timesteps,
+            "hyperparams": jsonable(self.hyperparams),
+            "cli_hyperparams": dict(self.cli_hyperparams),
+        }
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RunSpec":
         """
@@ -456,16 +469,7 @@ def execute(spec_data: dict[str, Any] | RunSpec, progress: Callable[[int], None]
         "schema": SCHEMA_VERSION,
         "status": "failed",
         "run_id": spec.run_id,
-        "run": {
-            "algo": spec.algo,
-            "zoo_key": spec.zoo_key,
-            "label": spec.label,
-            "env": spec.env,
-            "seed": spec.seed,
-            "timesteps": spec.timesteps,
-            "hyperparams": jsonable(spec.hyperparams),
-            "cli_hyperparams": dict(spec.cli_hyperparams),
-        },
+        "run": spec.run_info(),
         "eval": {
             "freq": spec.eval_freq,
             "episodes": spec.eval_episodes,
