@@ -89,10 +89,13 @@ PPO_FILES = (
         for name in (
             "__init__",
             "fast_collect",
+            "fast_fisher",
             "fast_policy",
             "fast_rollout",
+            "fused_policy",
             "kl",
             "losses",
+            "numpy_collect",
             "policy_utils",
             "reference",
             "rollout",

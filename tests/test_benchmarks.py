@@ -445,3 +445,26 @@ def test_report_from_fixture_results(tmp_path, monkeypatch):
     # excluding stale runs
     report = build_report(results, tmp_path / "other" / "RESULTS.md", reps=200, exclude_stale=True)
     assert "(excluded from the statistics)" in report.markdown
+
+
+def test_ppo_code_hash_covers_every_module_trust_ppo_imports():
+    """``PPO_FILES`` (the files whose change makes TrustPPO's results stale) lists every sb3_trust module it imports."""
+    import ast
+    import pathlib
+
+    from benchmarks.runner import PPO_FILES
+
+    package = pathlib.Path(__file__).resolve().parents[1] / "sb3_trust"
+    seen: set[str] = set()
+    todo = [path.relative_to(package).as_posix() for path in (package / "ppo").glob("*.py")]
+    while todo:
+        relative = todo.pop()
+        if relative in seen:
+            continue
+        seen.add(relative)
+        for node in ast.walk(ast.parse((package / relative).read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("sb3_trust."):
+                path = node.module.removeprefix("sb3_trust.").replace(".", "/")
+                todo.append(f"{path}.py" if (package / f"{path}.py").exists() else f"{path}/__init__.py")
+    missing = sorted(relative for relative in seen if not relative.startswith(PPO_FILES))
+    assert not missing, f"add to PPO_FILES: {missing}"

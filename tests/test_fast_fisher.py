@@ -15,6 +15,8 @@ from torch import nn
 from torch.func import jvp
 from torch.nn import functional as F
 
+from sb3_trust import TrustPPO
+from sb3_trust.common import numpy_collect as numpy_collect_module
 from sb3_trust.common.fast_collect import collect_rollouts_fast
 from sb3_trust.common.fast_fisher import (
     AnalyticActor,
@@ -29,10 +31,9 @@ from sb3_trust.common.fast_fisher import (
 from sb3_trust.common.fast_policy import FastActorCritic
 from sb3_trust.common.fused_policy import FusedActorCritic, NumpyFusedActorCritic
 from sb3_trust.common.kl import exact_kl
-from sb3_trust.common.numpy_collect import collect_rollouts_numpy
+from sb3_trust.common.numpy_collect import collect_rollouts_numpy, fused_policy
 from sb3_trust.common.trust_region import flat_grad, kl_fisher_vector_product_fn
 from sb3_trust.trpo import TrustTRPO
-from sb3_trust.trpo import trust_trpo as trust_trpo_module
 
 th.set_num_threads(1)
 
@@ -243,7 +244,7 @@ def test_direct_fused_adam_step_is_optimizer_step(amsgrad, weight_decay):
         for param, grad in zip(reference.parameters, grads, strict=True):
             param.grad = grad
         reference.optimizer.step()
-    assert direct._direct is not None  # the kernel was called directly after the first step
+    assert direct._adam._groups is not None  # the kernel was called directly after the first step
     for a, b in zip(policies[0].parameters(), policies[1].parameters(), strict=True):
         assert th.equal(a, b)
     for state_a, state_b in zip(
@@ -265,7 +266,7 @@ def test_critic_step_falls_back_to_optimizer_step():
     critic.begin()
     for _ in range(3):
         critic.step(obs, th.zeros(obs.shape[0]))
-    assert len(calls) == 3 and critic._direct is None
+    assert len(calls) == 3 and critic._adam._groups is None
 
 
 def test_numpy_tanh():
@@ -362,11 +363,11 @@ def _collect(env_id: str, how: str, n_steps: int = 256):
     callback.init_callback(model)
     buffer = model.rollout_buffer
     if how == "numpy":
-        fused = model._fused_policy()
+        fused = fused_policy(model, model._fast_path())
         assert isinstance(fused, NumpyFusedActorCritic)
         assert collect_rollouts_numpy(model, fused, model.env, callback, buffer, n_steps)
     elif how == "fast":  # the same network through collect_rollouts_fast (torch views of forward_numpy)
-        assert collect_rollouts_fast(model, model._fused_policy(), model.env, callback, buffer, n_steps)
+        assert collect_rollouts_fast(model, fused_policy(model, model._fast_path()), model.env, callback, buffer, n_steps)
     else:  # SB3
         assert OnPolicyAlgorithm.collect_rollouts(model, model.env, callback, buffer, n_steps)
     return model, buffer, callback, th.get_rng_state()
@@ -398,12 +399,15 @@ def test_numpy_collection_is_sb3s(env_id):
         assert model.ep_info_buffer and buffer.episode_starts.sum() > 0  # episodes ended (time limit)
 
 
-def test_trpo_collects_with_numpy_in_paper_mode_only(monkeypatch):
+def test_collects_with_numpy_except_trpo_contrib_mode(monkeypatch):
     calls = []
-    monkeypatch.setattr(trust_trpo_module, "collect_rollouts_numpy", lambda *args: calls.append("numpy") or True)
-    monkeypatch.setattr(trust_trpo_module, "collect_rollouts_fast", lambda *args: calls.append("fast") or True)
+    monkeypatch.setattr(numpy_collect_module, "collect_rollouts_numpy", lambda *args: calls.append("numpy") or True)
+    monkeypatch.setattr(numpy_collect_module, "collect_rollouts_fast", lambda *args: calls.append("fast") or True)
     for kl_convention in ("paper", "contrib"):
         model = TrustTRPO("MlpPolicy", "CartPole-v1", n_steps=64, batch_size=64, kl_convention=kl_convention, device="cpu")
         model._setup_learn(64, None)
         model.collect_rollouts(model.env, None, model.rollout_buffer, 64)
-    assert calls == ["numpy", "fast"]
+    model = TrustPPO("MlpPolicy", "CartPole-v1", n_steps=64, batch_size=64, device="cpu")
+    model._setup_learn(64, None)
+    model.collect_rollouts(model.env, None, model.rollout_buffer, 64)
+    assert calls == ["numpy", "fast", "numpy"]

@@ -3,6 +3,7 @@ Learning tests: TrustPPO reaches the score thresholds of the issue with rl-zoo3'
 (read from the installed rl-zoo3, so they cannot drift from the zoo).
 """
 
+import numpy as np
 import pytest
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
@@ -29,7 +30,10 @@ def _train_and_evaluate(env_id: str, seed: int, **variant) -> float:
     ids=["clip", "adaptive-kl"],
 )
 def test_cartpole_reaches_475(variant):
-    assert _train_and_evaluate("CartPole-v1", seed=0, **variant) >= 475
+    # The median of 3 seeds: a single seed of either SB3 PPO or TrustPPO occasionally collapses (about 1 in 10 here,
+    # e.g. seed 14 on both the closed-form and the autograd gradient path of the adaptive-KL variant)
+    scores = [_train_and_evaluate("CartPole-v1", seed=seed, **variant) for seed in range(3)]
+    assert np.median(scores) >= 475, scores
 
 
 @pytest.mark.expensive

@@ -368,64 +368,38 @@ class AnalyticActor:
             self.__dict__.pop(name, None)
 
 
-class AnalyticCritic:
+class DirectAdam:
     """
-    The critic's MSE regression step with the gradient computed by ``chain_vjp`` (no autograd): the same loss and
-    gradient as ``F.mse_loss(returns, values.flatten()).backward()`` (bit for bit with ``th.tanh``).
+    ``optimizer.step()`` for gradients given as a list, without going through ``.grad`` and the optimizer's per-call
+    bookkeeping: with a fused ``th.optim.Adam`` (``fused=True``) and no optimizer hooks, torch's fused Adam kernel is
+    called directly on the optimizer's own state (the same kernel and arguments as ``optimizer.step()``, so the same
+    result, bit for bit). Otherwise (another optimizer, hooks, a ``step`` method replaced on the optimizer object, or
+    the first step, which creates the state) the gradients are put in ``.grad`` and ``optimizer.step()`` is called.
 
-    With a fused ``th.optim.Adam`` (``fused=True``) and no optimizer hooks, the step calls torch's fused Adam kernel
-    directly on the optimizer's own state (the same kernel and arguments as ``optimizer.step()``, so the same result,
-    without its per-call bookkeeping); otherwise it sets the parameters' ``.grad`` and calls ``optimizer.step()``.
-
-    :param chain: the critic's chain (``chain_from_layers(vf_layers, value_net)``)
-    :param optimizer: the optimizer that steps the critic's parameters (its other parameters must have no gradient)
-    :param numpy_tanh: evaluate ``tanh`` with ``numpy_tanh_`` (faster, last-bit differences)
+    :param optimizer: the optimizer
+    :param parameters: the parameters stepped, in the order of the gradients given to ``step`` (the optimizer's other
+        parameters must have no gradient); frozen ones (``requires_grad=False``) are left alone
     """
 
-    def __init__(self, chain: Sequence[ChainLayer], optimizer: th.optim.Optimizer, numpy_tanh: bool = False):
-        self.chain = list(chain)
+    def __init__(self, optimizer: th.optim.Optimizer, parameters: Sequence[th.Tensor]):
         self.optimizer = optimizer
-        self.parameters = chain_parameters(self.chain)
-        self.numpy_tanh = numpy_tanh
-        self._direct: list[tuple[dict[str, Any], list[int], list[list[th.Tensor]]]] | None = None
+        self.parameters = list(parameters)
+        self._groups: list[tuple[dict[str, Any], list[int], list[list[th.Tensor]]]] | None = None
 
-    @th.no_grad()
-    def loss_and_gradient(self, observations: th.Tensor, returns: th.Tensor) -> tuple[th.Tensor, list[th.Tensor]]:
-        """
-        :param observations: [batch, obs_dim] (float)
-        :param returns: regression targets [batch]
-        :return: the MSE loss and its gradient w.r.t. the chain's parameters (in ``chain_parameters`` order)
-        """
-        squared_error, grads = self._squared_error_and_gradient(observations, returns.unsqueeze(-1))
-        return squared_error / returns.shape[0], grads
+    def reset(self) -> None:
+        """Read the optimizer's state again at the next step (call it when the state may have been replaced)."""
+        self._groups = None
 
-    def _squared_error_and_gradient(self, observations: th.Tensor, returns: th.Tensor) -> tuple[th.Tensor, list[th.Tensor]]:
+    def _read_groups(self) -> list[tuple[dict[str, Any], list[int], list[list[th.Tensor]]]] | None:
         """
-        :param returns: regression targets [batch, 1]
-        :return: the sum of the squared errors, and the gradient of their mean (as ``F.mse_loss``'s backward:
-            ``2 (values - returns) / batch``, then ``chain_vjp``)
-        """
-        cache: list[th.Tensor] = []
-        values = chain_forward(self.chain, observations, cache, self.numpy_tanh)
-        diff = values - returns
-        flat = diff.view(-1)
-        squared_error = th.dot(flat, flat)
-        return squared_error, chain_vjp(self.chain, cache, diff.mul_(2.0 / diff.shape[0]))
-
-    def begin(self) -> None:
-        """Call before a series of ``step``: clears the gradients and (re)reads the optimizer's state."""
-        self.optimizer.zero_grad()
-        self._direct = None
-
-    def _direct_groups(self) -> list[tuple[dict[str, Any], list[int], list[list[th.Tensor]]]] | None:
-        """
-        :return: for each parameter group, the group, the positions of its trainable critic parameters, and the
+        :return: for each parameter group, the group, the positions of its trainable parameters among ours, and the
             lists (parameters, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps) for the fused kernel; or ``None`` if the
-            optimizer cannot be bypassed (not a fused Adam, hooks, or state not initialised yet)
+            optimizer cannot be bypassed (not a fused Adam, hooks, a replaced ``step``, or state not initialised yet)
         """
         optimizer = self.optimizer
         if (
             type(optimizer) is not th.optim.Adam
+            or "step" in vars(optimizer)  # the user replaced this optimizer's step(): call it
             or not hasattr(th, "_fused_adam_")
             or optimizer._optimizer_step_pre_hooks
             or optimizer._optimizer_step_post_hooks
@@ -454,12 +428,22 @@ class AnalyticCritic:
             groups.append((group, [positions[id(param)] for param in mine], lists))
         return groups
 
-    def _direct_step(self, grads: list[th.Tensor]) -> bool:
-        if self._direct is None:
-            self._direct = self._direct_groups()
-        if self._direct is None:
-            return False
-        for group, positions, (params, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps) in self._direct:
+    def step(self, grads: Sequence[th.Tensor]) -> None:
+        """
+        :param grads: the gradients, in the order of ``parameters`` (ignored for frozen parameters)
+        """
+        if self._groups is None:
+            self._groups = self._read_groups()
+        if self._groups is None:
+            for param, grad in zip(self.parameters, grads, strict=True):
+                if param.requires_grad:
+                    param.grad = grad
+            self.optimizer.step()
+            for param in self.parameters:
+                param.grad = None
+            self._groups = self._read_groups()  # the first step may have created the state
+            return
+        for group, positions, (params, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps) in self._groups:
             beta1, beta2 = group["betas"]
             kernel = th._fused_adamw_ if group.get("decoupled_weight_decay") else th._fused_adam_
             th._foreach_add_(steps, 1)
@@ -480,7 +464,56 @@ class AnalyticCritic:
                 grad_scale=None,
                 found_inf=None,
             )
-        return True
+
+
+class AnalyticCritic:
+    """
+    The critic's MSE regression step with the gradient computed by ``chain_vjp`` (no autograd): the same loss and
+    gradient as ``F.mse_loss(returns, values.flatten()).backward()`` (bit for bit with ``th.tanh``).
+
+    With a fused ``th.optim.Adam`` (``fused=True``) and no optimizer hooks, the step calls torch's fused Adam kernel
+    directly on the optimizer's own state (the same kernel and arguments as ``optimizer.step()``, so the same result,
+    without its per-call bookkeeping); otherwise it sets the parameters' ``.grad`` and calls ``optimizer.step()``.
+
+    :param chain: the critic's chain (``chain_from_layers(vf_layers, value_net)``)
+    :param optimizer: the optimizer that steps the critic's parameters (its other parameters must have no gradient)
+    :param numpy_tanh: evaluate ``tanh`` with ``numpy_tanh_`` (faster, last-bit differences)
+    """
+
+    def __init__(self, chain: Sequence[ChainLayer], optimizer: th.optim.Optimizer, numpy_tanh: bool = False):
+        self.chain = list(chain)
+        self.optimizer = optimizer
+        self.parameters = chain_parameters(self.chain)
+        self.numpy_tanh = numpy_tanh
+        self._adam = DirectAdam(optimizer, self.parameters)
+
+    @th.no_grad()
+    def loss_and_gradient(self, observations: th.Tensor, returns: th.Tensor) -> tuple[th.Tensor, list[th.Tensor]]:
+        """
+        :param observations: [batch, obs_dim] (float)
+        :param returns: regression targets [batch]
+        :return: the MSE loss and its gradient w.r.t. the chain's parameters (in ``chain_parameters`` order)
+        """
+        squared_error, grads = self._squared_error_and_gradient(observations, returns.unsqueeze(-1))
+        return squared_error / returns.shape[0], grads
+
+    def _squared_error_and_gradient(self, observations: th.Tensor, returns: th.Tensor) -> tuple[th.Tensor, list[th.Tensor]]:
+        """
+        :param returns: regression targets [batch, 1]
+        :return: the sum of the squared errors, and the gradient of their mean (as ``F.mse_loss``'s backward:
+            ``2 (values - returns) / batch``, then ``chain_vjp``)
+        """
+        cache: list[th.Tensor] = []
+        values = chain_forward(self.chain, observations, cache, self.numpy_tanh)
+        diff = values - returns
+        flat = diff.view(-1)
+        squared_error = th.dot(flat, flat)
+        return squared_error, chain_vjp(self.chain, cache, diff.mul_(2.0 / diff.shape[0]))
+
+    def begin(self) -> None:
+        """Call before a series of ``step``: clears the gradients and (re)reads the optimizer's state."""
+        self.optimizer.zero_grad()
+        self._adam.reset()
 
     def step(self, observations: th.Tensor, returns: th.Tensor) -> float:
         """
@@ -520,15 +553,8 @@ class AnalyticCritic:
         """``step`` with ``returns`` as a column [batch, 1]"""
         squared_error, grads = self._squared_error_and_gradient(observations, returns)
         value = squared_error.item() / returns.shape[0]
-        if not trainable or not math.isfinite(value) or self._direct_step(grads):
-            return value
-        for param, grad in zip(self.parameters, grads, strict=True):
-            if param.requires_grad:
-                param.grad = grad
-        self.optimizer.step()
-        for param in self.parameters:
-            param.grad = None
-        self._direct = None  # the first step may have created the state: read it again
+        if trainable and math.isfinite(value):
+            self._adam.step(grads)
         return value
 
 

@@ -270,7 +270,17 @@ def clip_grad_norm(parameters: list[th.nn.Parameter], max_norm: float) -> th.Ten
     :param max_norm: max L2 norm of all gradients together
     :return: the total norm before clipping
     """
-    grads = [p.grad for p in parameters if p.grad is not None]
+    return clip_grads_([p.grad for p in parameters if p.grad is not None], max_norm)
+
+
+def clip_grads_(grads: list[th.Tensor], max_norm: float) -> th.Tensor:
+    """
+    ``clip_grad_norm`` on the gradients themselves.
+
+    :param grads: gradients, scaled in place
+    :param max_norm: max L2 norm of all gradients together
+    :return: the total norm before clipping
+    """
     if len(grads) == 0:
         return th.tensor(0.0)
     total_norm = th.linalg.vector_norm(th.stack(th._foreach_norm(grads, 2.0)), 2.0)

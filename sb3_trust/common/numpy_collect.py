@@ -20,7 +20,9 @@ from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecEnv
 
-from sb3_trust.common.fused_policy import NumpyFusedActorCritic
+from sb3_trust.common.fast_collect import collect_rollouts_fast
+from sb3_trust.common.fast_policy import FastActorCritic
+from sb3_trust.common.fused_policy import FusedActorCritic, NumpyFusedActorCritic
 
 
 def collect_rollouts_numpy(
@@ -119,3 +121,44 @@ def collect_rollouts_numpy(
     callback.on_rollout_end()
 
     return True
+
+
+def fused_policy(algorithm: Any, fast: FastActorCritic) -> FusedActorCritic | None:
+    """
+    :param algorithm: the algorithm; the fused network is cached on it (``_fused``/``_fused_for``, not saved)
+    :param fast: the lean path of ``algorithm.policy``
+    :return: the fused actor-critic forward pass for rollout collection (NumPy on the CPU), refreshed with the current
+        parameters, or ``None`` if the policy cannot be fused
+    """
+    if not FusedActorCritic.can_fuse(fast):
+        return None
+    if getattr(algorithm, "_fused_for", None) is not algorithm.policy or getattr(algorithm, "_fused", None) is None:
+        # NumPy for the few observations of a step on the CPU
+        fused_class = NumpyFusedActorCritic if algorithm.device.type == "cpu" else FusedActorCritic
+        algorithm._fused = fused_class(algorithm.policy)
+        algorithm._fused_for = algorithm.policy
+    algorithm._fused.refresh()
+    return algorithm._fused
+
+
+def collect_rollouts_lean(
+    self: Any,
+    fast: FastActorCritic,
+    fused: FusedActorCritic | None,
+    env: VecEnv,
+    callback: BaseCallback,
+    rollout_buffer: RolloutBuffer,
+    n_rollout_steps: int,
+) -> bool:
+    """
+    ``OnPolicyAlgorithm.collect_rollouts`` on the lean path: ``collect_rollouts_numpy`` when the fused NumPy network
+    serves the VecEnv's batch, otherwise ``collect_rollouts_fast`` with the fused network or, without one, ``fast``.
+
+    :param self: the algorithm
+    :param fast: the lean path of its policy
+    :param fused: the fused network (``fused_policy``), or ``None`` for the exact operations of SB3
+    :return: see ``collect_rollouts_fast``
+    """
+    if isinstance(fused, NumpyFusedActorCritic) and fused.supports_batch(env.num_envs):
+        return collect_rollouts_numpy(self, fused, env, callback, rollout_buffer, n_rollout_steps)
+    return collect_rollouts_fast(self, fused or fast, env, callback, rollout_buffer, n_rollout_steps)

@@ -16,8 +16,15 @@ from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Rollout
 from stable_baselines3.common.utils import FloatSchedule, explained_variance
 from stable_baselines3.common.vec_env import VecEnv
 
-from sb3_trust.common.fast_collect import collect_rollouts_fast
-from sb3_trust.common.fast_policy import FastActorCritic, clip_grad_norm, kl_from_params, unsupported_reason, use_fused_adam
+from sb3_trust.common.fast_fisher import DirectAdam
+from sb3_trust.common.fast_policy import (
+    FastActorCritic,
+    clip_grad_norm,
+    clip_grads_,
+    kl_from_params,
+    unsupported_reason,
+    use_fused_adam,
+)
 from sb3_trust.common.fast_rollout import FlatRollout, Minibatch
 from sb3_trust.common.kl import AdaptiveKLController, approx_kl_k3, exact_kl
 from sb3_trust.common.losses import (
@@ -29,6 +36,7 @@ from sb3_trust.common.losses import (
     surrogate_loss,
     value_loss,
 )
+from sb3_trust.common.numpy_collect import collect_rollouts_lean, fused_policy
 from sb3_trust.common.policy_utils import evaluate_actions_with_distribution, frozen_copy
 from sb3_trust.common.reference import (
     REFERENCE_EXCLUDED_SAVE_PARAMS,
@@ -51,6 +59,7 @@ from sb3_trust.common.validation import (
     check_rollout_sizes,
     check_schedule_value,
 )
+from sb3_trust.ppo.analytic import AnalyticPPO, MinibatchTerms, analytic_ppo
 
 SelfTrustPPO = TypeVar("SelfTrustPPO", bound="TrustPPO")
 # π_old: its distribution parameters on the rollout (lean path) or a frozen copy of the policy (generic path)
@@ -299,6 +308,10 @@ class TrustPPO(OnPolicyAlgorithm):
         self._old_policy: ActorCriticPolicy | None = None
         self._fast_policy: FastActorCritic | None = None
         self._fast_policy_for: ActorCriticPolicy | None = None
+        # The closed-form minibatch gradient (lean path) and the direct fused-Adam step (rebuilt lazily, never saved)
+        self._analytic: AnalyticPPO | None = None
+        self._analytic_for: ActorCriticPolicy | None = None
+        self._direct_adam: DirectAdam | None = None
 
         if _init_setup_model:
             self._setup_model()
@@ -316,6 +329,8 @@ class TrustPPO(OnPolicyAlgorithm):
         self._old_policy = None
         self._fast_policy: FastActorCritic | None = None
         self._fast_policy_for = None
+        self._analytic = self._analytic_for = self._direct_adam = None
+        self._fused = self._fused_for = None
 
     def _excluded_save_params(self) -> list[str]:
         return [
@@ -323,6 +338,11 @@ class TrustPPO(OnPolicyAlgorithm):
             "_old_policy",
             "_fast_policy",
             "_fast_policy_for",
+            "_analytic",
+            "_analytic_for",
+            "_direct_adam",
+            "_fused",
+            "_fused_for",
             *REFERENCE_EXCLUDED_SAVE_PARAMS,
         ]
 
@@ -353,7 +373,10 @@ class TrustPPO(OnPolicyAlgorithm):
         if fast is None:
             complete = super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps)
         else:
-            complete = collect_rollouts_fast(self, fast, env, callback, rollout_buffer, n_rollout_steps)
+            # Same random draws as SB3; the actor and critic fused into one network evaluated by NumPy for the few
+            # observations of a step (last-bit differences in the values and log-likelihoods)
+            fused = fused_policy(self, fast)
+            complete = collect_rollouts_lean(self, fast, fused, env, callback, rollout_buffer, n_rollout_steps)
         if complete:
             after_collection(self)  # reward shaping toward the reference policy, if any
         return complete
@@ -497,6 +520,69 @@ class TrustPPO(OnPolicyAlgorithm):
             return kl_penalty_loss(ratio, advantages, kl, kl_coef)
         return surrogate_loss(ratio, advantages)
 
+    def _autograd_terms(
+        self,
+        rollout_data: RolloutBufferSamples | Minibatch,
+        old: OldPolicy,
+        need_kl: bool,
+        reference: ReferenceSource,
+        reference_coef: float,
+        clip_range: float,
+        clip_range_vf: float | None,
+        ent_coef: float,
+        kl_coef: float,
+    ) -> MinibatchTerms:
+        """
+        The minibatch loss as an autograd graph (any policy; every option, including the reference KL in the loss).
+
+        :return: the loss terms (``grads=None``: call ``loss.backward()``)
+        """
+        values, log_prob, entropy, kl, reference_kl = self._evaluate(rollout_data, old, need_kl, reference, ent_coef != 0)
+        values = values.flatten()
+        # Normalize advantage (per minibatch, as SB3)
+        advantages = rollout_data.advantages
+        if self.normalize_advantage:
+            advantages = normalize_advantages(advantages)
+
+        # ratio between old and new policy, should be one at the first iteration
+        log_ratio = log_prob - rollout_data.old_log_prob
+        ratio = th.exp(log_ratio)
+        policy_loss = self._policy_loss(ratio, advantages, kl, clip_range, kl_coef)
+
+        # Value loss using the TD(gae_lambda) target, optionally clipped
+        vf_loss, value_clip_fraction = value_loss(
+            values, rollout_data.old_values, rollout_data.returns, clip_range_vf, self.vf_clip_mode
+        )
+        # Entropy loss favor exploration
+        if entropy is None:
+            # Approximate entropy when no analytical form
+            entropy_loss = -th.mean(-log_prob)
+        else:
+            entropy_loss = -th.mean(entropy)
+
+        loss = policy_loss + ent_coef * entropy_loss + self.vf_coef * vf_loss
+        if reference_kl is not None:
+            # KL(π ‖ π_ref) toward the frozen reference policy (RLHF), loss placement
+            loss = loss + reference_coef * reference_kl.mean()
+        return MinibatchTerms(loss, policy_loss, vf_loss, entropy_loss, ratio, log_ratio, value_clip_fraction, None)
+
+    def _analytic_path(self, parameters: list[th.Tensor]) -> AnalyticPPO | None:
+        """
+        :param parameters: the policy's parameters
+        :return: the closed-form loss and gradient for this policy (lean path, every parameter trainable), or ``None``
+        """
+        fast = self._fast_path()
+        if fast is None:
+            return None
+        if getattr(self, "_analytic_for", None) is not self.policy:
+            self._analytic = analytic_ppo(fast, parameters)
+            self._analytic_for = self.policy
+        if self._analytic is not None:
+            # Read the optimizer's state afresh at every update: load(), set_parameters() and the restore after a
+            # failed update replace its tensors
+            self._direct_adam = DirectAdam(self.policy.optimizer, parameters)
+        return self._analytic
+
     def train(self) -> None:
         """
         Update policy using the currently gathered rollout buffer. Non-finite numbers and interruptions leave the
@@ -504,28 +590,39 @@ class TrustPPO(OnPolicyAlgorithm):
         """
         guarded_update(self, self._update, ("_n_updates", "_kl_coef", "_reference_kl_coef"))
 
-    def _optimizer_step(self, loss: th.Tensor, parameters: list[th.Tensor], terms: dict[str, th.Tensor], epoch: int) -> None:
+    def _optimizer_step(self, terms: MinibatchTerms, parameters: list[th.Tensor], epoch: int) -> None:
         """
-        SB3's step: zero the gradients, backpropagate, clip the gradient norm, step. Before the step, raise
-        ``NonFiniteError`` naming the first non-finite term (one host sync per minibatch).
+        SB3's step: zero the gradients, backpropagate (or take the closed-form gradient), clip the gradient norm, step.
+        Before the step, raise ``NonFiniteError`` naming the first non-finite term (one host sync per minibatch).
 
-        :param loss: the loss
+        :param terms: the minibatch's loss terms (and closed-form gradient, if any)
         :param parameters: the policy's parameters
-        :param terms: the loss terms, for the message
         :param epoch: the epoch, for the message
         """
-        for parameter in parameters:  # optimizer.zero_grad() (set_to_none), without its profiler wrapper
-            parameter.grad = None
-        loss.backward()
-        # Clip grad norm (same operations as th.nn.utils.clip_grad_norm_)
-        grad_norm = clip_grad_norm(parameters, self.max_grad_norm)
-        if not bool(th.isfinite(loss + grad_norm)):  # NaN/inf propagate through the sum
-            terms = {**terms, "gradient_norm": grad_norm}
-            what = next((name for name, value in terms.items() if not th.isfinite(value)), "loss")
+        if terms.grads is None:
+            for parameter in parameters:  # optimizer.zero_grad() (set_to_none), without its profiler wrapper
+                parameter.grad = None
+            terms.loss.backward()
+            # Clip grad norm (same operations as th.nn.utils.clip_grad_norm_)
+            grad_norm = clip_grad_norm(parameters, self.max_grad_norm)
+        else:
+            grad_norm = clip_grads_(terms.grads, self.max_grad_norm)
+        if not bool(th.isfinite(terms.loss + grad_norm)):  # NaN/inf propagate through the sum
+            named = dict(
+                policy_loss=terms.policy_loss,
+                value_loss=terms.value_loss,
+                entropy_loss=terms.entropy_loss,
+                gradient_norm=grad_norm,
+            )
+            what = next((name for name, value in named.items() if not th.isfinite(value)), "loss")
             raise NonFiniteError(
                 f"non-finite {what} in update {self._n_updates}, epoch {epoch} (timestep {self.num_timesteps})"
             )
-        self.policy.optimizer.step()
+        if terms.grads is None:
+            self.policy.optimizer.step()
+        else:
+            assert self._direct_adam is not None
+            self._direct_adam.step(terms.grads)
 
     def _prepare_update(
         self,
@@ -574,6 +671,7 @@ class TrustPPO(OnPolicyAlgorithm):
 
         rollout, old, reference, reference_coef = self._prepare_update()
         parameters = list(self.policy.parameters())
+        analytic = self._analytic_path(parameters) if rollout is not None else None
 
         stats: dict[str, list[th.Tensor]] = defaultdict(list)
         continue_training = True
@@ -584,50 +682,45 @@ class TrustPPO(OnPolicyAlgorithm):
             # Do a complete pass on the rollout buffer (same minibatches and random draws on both paths)
             batches = rollout.minibatches(self.batch_size) if rollout is not None else self.rollout_buffer.get(self.batch_size)
             for rollout_data in batches:
-                entropy_grad = ent_coef != 0
-                values, log_prob, entropy, kl, reference_kl = self._evaluate(
-                    rollout_data, old, need_kl, reference, entropy_grad
-                )
-                values = values.flatten()
-                # Normalize advantage (per minibatch, as SB3)
-                advantages = rollout_data.advantages
-                if self.normalize_advantage:
-                    advantages = normalize_advantages(advantages)
-
-                # ratio between old and new policy, should be one at the first iteration
-                log_ratio = log_prob - rollout_data.old_log_prob
-                ratio = th.exp(log_ratio)
-                policy_loss = self._policy_loss(ratio, advantages, kl, clip_range, kl_coef)
-
-                # Value loss using the TD(gae_lambda) target, optionally clipped
-                vf_loss, value_clip_fraction = value_loss(
-                    values, rollout_data.old_values, rollout_data.returns, clip_range_vf, self.vf_clip_mode
-                )
-                # Entropy loss favor exploration
-                if entropy is None:
-                    # Approximate entropy when no analytical form
-                    entropy_loss = -th.mean(-log_prob)
+                if analytic is not None:
+                    assert isinstance(rollout_data, Minibatch)
+                    indices = rollout_data.indices
+                    old_rows = (old[0][indices], old[1][indices]) if need_kl else None  # type: ignore[index]
+                    reference_rows = (reference[0][indices], reference[1][indices]) if reference is not None else None  # type: ignore[index]
+                    terms = analytic.terms(
+                        rollout_data,
+                        self.policy_loss,
+                        clip_range,
+                        kl_coef,
+                        old_rows,
+                        clip_range_vf,
+                        self.vf_clip_mode,
+                        ent_coef,
+                        self.vf_coef,
+                        self.normalize_advantage,
+                        reference_rows,
+                        reference_coef,
+                    )
                 else:
-                    entropy_loss = -th.mean(entropy)
-
-                loss = policy_loss + ent_coef * entropy_loss + self.vf_coef * vf_loss
-                if reference_kl is not None:
-                    # KL(π ‖ π_ref) toward the frozen reference policy (RLHF), loss placement
-                    loss = loss + reference_coef * reference_kl.mean()
+                    terms = self._autograd_terms(
+                        rollout_data, old, need_kl, reference, reference_coef, clip_range, clip_range_vf, ent_coef, kl_coef
+                    )
+                loss = terms.loss
 
                 with th.no_grad():
-                    stats["policy_gradient_loss"].append(policy_loss.detach())
+                    ratio = terms.ratio.detach()
+                    stats["policy_gradient_loss"].append(terms.policy_loss.detach())
                     stats["clip_fraction"].append(th.mean((th.abs(ratio - 1) > clip_range).float()))
-                    stats["ratio_max"].append(ratio.detach().max())
-                    stats["ratio_mean"].append(ratio.detach().mean())
-                    stats["value_loss"].append(vf_loss.detach())
-                    stats["value_clip_fraction"].append(value_clip_fraction)
-                    stats["entropy_loss"].append(entropy_loss.detach())
+                    stats["ratio_max"].append(ratio.max())
+                    stats["ratio_mean"].append(ratio.mean())
+                    stats["value_loss"].append(terms.value_loss.detach())
+                    stats["value_clip_fraction"].append(terms.value_clip_fraction)
+                    stats["entropy_loss"].append(terms.entropy_loss.detach())
                     # k3 estimate of KL(π_old ‖ π_new) on the minibatch, for SB3's early stopping
                     # see issue #417: https://github.com/DLR-RM/stable-baselines3/issues/417
                     # and discussion in PR #419: https://github.com/DLR-RM/stable-baselines3/pull/419
                     # and Schulman blog: http://joschu.net/blog/kl-approx.html
-                    approx_kl_div = approx_kl_k3(log_ratio)
+                    approx_kl_div = approx_kl_k3(terms.log_ratio.detach())
                     approx_kl_divs.append(approx_kl_div)
 
                 if self.target_kl is not None and approx_kl_div.item() > 1.5 * self.target_kl:
@@ -637,8 +730,7 @@ class TrustPPO(OnPolicyAlgorithm):
                     break
 
                 # Optimization step
-                terms = dict(policy_loss=policy_loss, value_loss=vf_loss, entropy_loss=entropy_loss)
-                self._optimizer_step(loss, parameters, terms, epoch)
+                self._optimizer_step(terms, parameters, epoch)
 
             self._n_updates += 1
             if not continue_training:

@@ -21,7 +21,6 @@ from stable_baselines3.common.utils import explained_variance
 from stable_baselines3.common.vec_env import VecEnv
 from torch.nn import functional as F
 
-from sb3_trust.common.fast_collect import collect_rollouts_fast
 from sb3_trust.common.fast_fisher import (
     AnalyticActor,
     AnalyticCritic,
@@ -31,9 +30,9 @@ from sb3_trust.common.fast_fisher import (
 )
 from sb3_trust.common.fast_policy import FastActorCritic, unsupported_reason, use_fused_adam
 from sb3_trust.common.fast_rollout import FlatRollout
-from sb3_trust.common.fused_policy import FusedActorCritic, NumpyFusedActorCritic
+from sb3_trust.common.fused_policy import FusedActorCritic
 from sb3_trust.common.kl import exact_kl
-from sb3_trust.common.numpy_collect import collect_rollouts_numpy
+from sb3_trust.common.numpy_collect import collect_rollouts_lean, fused_policy
 from sb3_trust.common.reference import (
     REFERENCE_EXCLUDED_SAVE_PARAMS,
     after_collection,
@@ -426,26 +425,8 @@ class TrustTRPO(OnPolicyAlgorithm):
         # The same results and random draws as SB3's collect_rollouts, without distribution objects; in the paper
         # convention, with the actor and critic fused into one network (last-bit differences), evaluated with NumPy
         # for small CPU batches
-        fused = self._fused_policy()
-        if isinstance(fused, NumpyFusedActorCritic) and fused.supports_batch(env.num_envs):
-            return collect_rollouts_numpy(self, fused, env, callback, rollout_buffer, n_rollout_steps)
-        return collect_rollouts_fast(self, fused or fast, env, callback, rollout_buffer, n_rollout_steps)
-
-    def _fused_policy(self) -> FusedActorCritic | None:
-        """
-        :return: the fused actor-critic forward pass for rollout collection, refreshed with the current parameters
-            (``"paper"`` convention and a fusable policy on the lean path only)
-        """
-        fast = self._fast_path()
-        if fast is None or self.kl_convention != "paper" or not FusedActorCritic.can_fuse(fast):
-            return None
-        if getattr(self, "_fused_for", None) is not self.policy or self._fused is None:
-            # NumPy for the few observations of a step on the CPU
-            fused_class = NumpyFusedActorCritic if self.device.type == "cpu" else FusedActorCritic
-            self._fused = fused_class(self.policy)  # type: ignore[arg-type]
-            self._fused_for = self.policy
-        self._fused.refresh()
-        return self._fused
+        fused = fused_policy(self, fast) if self.kl_convention == "paper" else None
+        return collect_rollouts_lean(self, fast, fused, env, callback, rollout_buffer, n_rollout_steps)
 
     def _fast_path(self) -> FastActorCritic | None:
         """
