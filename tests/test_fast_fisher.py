@@ -316,7 +316,8 @@ def test_numpy_fused_forward_hands_large_batches_to_torch(monkeypatch):
     real = FusedActorCritic.forward
     monkeypatch.setattr(FusedActorCritic, "forward", lambda *args: calls.append(1) or real(*args))
     small, large = fused._max_rows, fused._max_rows + 1
-    assert small * (32 * 32) <= NumpyFusedActorCritic.MAX_NUMPY_WORK  # the block-diagonal 32 x 32 layer
+    # the largest product: the 16 x 16 layers of each branch (multiplied apart), not a block-diagonal 32 x 32 one
+    assert small * (16 * 16) <= NumpyFusedActorCritic.MAX_NUMPY_WORK < large * (16 * 16)
     with th.no_grad():
         fused.forward(th.randn(small, 3))
         assert not calls

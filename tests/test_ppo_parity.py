@@ -6,6 +6,7 @@ Both are trained with the same seed and config; their parameters must agree afte
 import pytest
 import torch as th
 from stable_baselines3 import PPO
+from stable_baselines3.common.logger import configure
 
 from sb3_trust import TrustPPO
 
@@ -21,19 +22,19 @@ CASES = [
 ]
 
 
-def _train(cls, env_id: str, kwargs: dict) -> th.nn.Module:
-    model = cls(
-        "MlpPolicy",
-        env_id,
-        n_steps=128,
-        batch_size=32,
-        n_epochs=4,
-        learning_rate=1e-3,
-        policy_kwargs=dict(net_arch=[32]),
-        seed=3,
-        device="cpu",
-        **kwargs,
-    )
+def _train(cls, env_id: str, kwargs: dict, logged: dict | None = None) -> th.nn.Module:
+    settings = dict(n_steps=128, batch_size=32, n_epochs=4, learning_rate=1e-3, policy_kwargs=dict(net_arch=[32]))
+    model = cls("MlpPolicy", env_id, seed=3, device="cpu", **{**settings, **kwargs})
+    if logged is not None:  # keep what the last update logged
+        logger = configure(folder=None, format_strings=[])
+        original_dump = logger.dump
+
+        def dump(step: int = 0) -> None:
+            logged.update(logger.name_to_value)
+            original_dump(step)
+
+        logger.dump = dump  # type: ignore[method-assign]
+        model.set_logger(logger)
     model.learn(4 * 128)
     return model
 
@@ -54,6 +55,19 @@ def test_same_parameters_as_sb3_ppo(env_id, kwargs):
         moved |= not th.equal(value, our_params[name])
     assert moved
     assert ours._n_updates == reference._n_updates
+
+
+@pytest.mark.parametrize("env_id, kwargs", [CASES[2], CASES[5], pytest.param("CartPole-v1", {"batch_size": 48}, id="uneven")])
+def test_same_logs_as_sb3_ppo(env_id, kwargs):
+    """SB3's train/ statistics keep SB3's meaning (means over minibatches, approx_kl over the last epoch)."""
+    reference_logs: dict = {}
+    our_logs: dict = {}
+    _train(PPO, env_id, kwargs, reference_logs)
+    _train(TrustPPO, env_id, kwargs, our_logs)
+    train_keys = [key for key in reference_logs if key.startswith("train/")]
+    assert {"train/approx_kl", "train/clip_fraction", "train/entropy_loss", "train/loss"} <= set(train_keys)
+    for key in train_keys:
+        assert our_logs[key] == pytest.approx(reference_logs[key], rel=1e-5, abs=1e-6), key
 
 
 def test_target_kl_actually_stops_early():

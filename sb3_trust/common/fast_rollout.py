@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch as th
+from gymnasium import spaces
 from stable_baselines3.common.buffers import RolloutBuffer
 
 _FIELDS = ("observations", "actions", "values", "log_probs", "advantages", "returns")
@@ -56,10 +57,16 @@ class FlatRollout:
         def as_tensor(array: np.ndarray) -> th.Tensor:
             return th.as_tensor(array, device=device)
 
-        # One [n_samples, width] table of every field, so that a minibatch is a single indexing operation
+        # One [n_samples, width] table of every field, so that a minibatch is a single indexing operation. In float32:
+        # the observations as the policy converts them (`preprocess_obs` of a Box is `.float()`), the actions when
+        # that is exact (float32 already, or the indices of a Discrete space, which the losses read with `.long()`)
+        observations = rollout_buffer.observations.reshape(self.n_samples, -1).astype(np.float32, copy=False)
+        actions = rollout_buffer.actions.reshape(self.n_samples, -1)
+        if isinstance(rollout_buffer.action_space, spaces.Discrete):
+            actions = actions.astype(np.float32)
         columns = [
-            rollout_buffer.observations.reshape(self.n_samples, -1),
-            rollout_buffer.actions.reshape(self.n_samples, -1),
+            observations,
+            actions,
             rollout_buffer.values.reshape(self.n_samples, 1),
             rollout_buffer.log_probs.reshape(self.n_samples, 1),
             rollout_buffer.advantages.reshape(self.n_samples, 1),
@@ -98,10 +105,13 @@ class FlatRollout:
         permutation = th.as_tensor(np.random.permutation(self.n_samples), device=self.device)
         if batch_size is None:
             batch_size = self.n_samples
+        # the whole epoch gathered at once; minibatches are slices of it
+        shuffled = self.table[permutation] if self.same_dtype else None
         for start in range(0, self.n_samples, batch_size):
             indices = permutation[start : start + batch_size]
-            if self.same_dtype:
-                obs, actions, values, log_prob, advantages, returns = th.split(self.table[indices], self.splits, dim=1)
+            if shuffled is not None:
+                rows = shuffled[start : start + batch_size]
+                obs, actions, values, log_prob, advantages, returns = th.split(rows, self.splits, dim=1)
                 yield Minibatch(
                     obs.reshape(-1, *self.obs_shape),
                     actions.reshape(-1, *self.action_shape),

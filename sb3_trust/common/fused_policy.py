@@ -108,12 +108,24 @@ def _bias(linear: th.nn.Linear) -> th.Tensor:
     return linear.bias if linear.bias is not None else th.zeros(linear.out_features, device=linear.weight.device)
 
 
+def _numpy_layer(x: np.ndarray, weight_t: np.ndarray, bias: np.ndarray, activation: object) -> np.ndarray:
+    """``activation(x @ weight_t + bias)`` in NumPy (float32), in place after the product."""
+    x = x @ weight_t
+    x += bias
+    if activation is th.tanh:
+        np.tanh(x, out=x)
+    elif activation is not None:
+        np.maximum(x, 0, out=x)
+    return x
+
+
 class NumpyFusedActorCritic(FusedActorCritic):
     """
     ``FusedActorCritic`` evaluated with NumPy on the CPU (float32): for the few observations of a collection step, a
     NumPy operation costs a fraction of a torch operation's dispatch, and the smaller code footprint leaves the
     environment's step faster too. The random draws are still torch's (same calls on the same RNG as SB3), the results
-    agree to the last bits. Returns torch tensors sharing NumPy's memory.
+    agree to the last bits. Returns torch tensors sharing NumPy's memory. Only the first Linear layers are stacked;
+    the deeper layers and the heads of the two branches are multiplied apart, not block-diagonally.
 
     Batches whose matrix products are large enough for NumPy's BLAS to use several threads (``batch × in × out`` above
     ``MAX_NUMPY_WORK``) go through ``FusedActorCritic.forward`` instead, so that torch's thread setting is respected.
@@ -121,15 +133,29 @@ class NumpyFusedActorCritic(FusedActorCritic):
     :param policy: the policy (see ``FastActorCritic``), on the CPU
     """
 
-    MAX_NUMPY_WORK = 65536
+    # OpenBLAS multiplies on one thread up to this many multiply-adds (rows x weight size), measured here
+    MAX_NUMPY_WORK = 131072
 
     def refresh(self) -> None:
         super().refresh()
-        self._max_rows = self.MAX_NUMPY_WORK // max(weight.numel() for weight, _, _ in self._fused)
-        self._numpy = [
-            (weight.detach().t().contiguous().numpy(), bias.detach().numpy(), activation)
-            for weight, bias, activation in self._fused
-        ]
+        assert self.pi_layers is not None and self.vf_layers is not None
+
+        def numpy_layers(layers: list, head: th.nn.Linear) -> list[tuple[np.ndarray, np.ndarray, object]]:
+            linears = [*[linear for linear, _ in layers if linear is not None][1:], head]
+            activations = [*[activation for linear, activation in layers if linear is None][1:], None]
+            return [
+                (linear.weight.detach().t().contiguous().numpy(), _bias(linear).detach().numpy(), activation)
+                for linear, activation in zip(linears, activations, strict=True)
+            ]
+
+        # The first layer stacked (same input); after it, the two branches apart (block-diagonal products would
+        # multiply zeros, and grow past the single-threaded size sooner)
+        first_weight, first_bias, first_activation = self._fused[0]
+        self._numpy_first = (first_weight.detach().t().contiguous().numpy(), first_bias.detach().numpy(), first_activation)
+        self._numpy_split = self.pi_layers[0][0].out_features if self.pi_layers else None  # type: ignore[union-attr]
+        self._numpy_branches = (numpy_layers(self.pi_layers, self.action_net), numpy_layers(self.vf_layers, self.value_net))
+        largest = max(weight.shape[0] * weight.shape[1] for branch in self._numpy_branches for weight, _, _ in branch)
+        self._max_rows = self.MAX_NUMPY_WORK // max(largest, first_weight.numel())
         if not self.is_categorical:
             self._numpy_std = self._std.detach().numpy()
             self._numpy_neg_half_inverse_variance = self._neg_half_inverse_variance.detach().numpy()
@@ -161,14 +187,16 @@ class NumpyFusedActorCritic(FusedActorCritic):
             log-likelihood of the actions [batch]
         """
         x = obs.reshape(obs.shape[0], -1).astype(np.float32, copy=False)
-        for weight_t, bias, activation in self._numpy:
-            x = x @ weight_t
-            x += bias
-            if activation is th.tanh:
-                np.tanh(x, out=x)
-            elif activation is not None:
-                np.maximum(x, 0, out=x)
-        out, values = x[:, : self._split], x[:, self._split :]
+        if self._numpy_split is None:  # no hidden layer: the first layer is the stacked heads
+            x = _numpy_layer(x, *self._numpy_first)
+            out, values = x[:, : self._split], x[:, self._split :]
+        else:
+            x = _numpy_layer(x, *self._numpy_first)
+            out, values = x[:, : self._numpy_split], x[:, self._numpy_split :]
+            for layer in self._numpy_branches[0]:
+                out = _numpy_layer(out, *layer)
+            for layer in self._numpy_branches[1]:
+                values = _numpy_layer(values, *layer)
         if self.is_categorical:
             shifted = out - out.max(axis=1, keepdims=True)
             exp = np.exp(shifted)

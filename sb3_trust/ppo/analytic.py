@@ -187,7 +187,7 @@ def reverse_kl_head_grad(
 
 
 class MinibatchTerms(NamedTuple):
-    """The loss terms of one minibatch, what is logged about it, and (closed-form path) the gradient."""
+    """The loss terms of one minibatch (only ``loss`` may carry an autograd graph), and the closed-form gradient if any."""
 
     loss: th.Tensor
     policy_loss: th.Tensor

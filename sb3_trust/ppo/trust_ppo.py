@@ -68,6 +68,17 @@ OldPolicy = tuple[th.Tensor, th.Tensor] | ActorCriticPolicy
 ReferenceSource = tuple[th.Tensor, th.Tensor] | ReferencePolicy | None
 
 
+def mean_over_minibatches(values: list[th.Tensor]) -> float:
+    """
+    :param values: one tensor of per-sample values per minibatch
+    :return: the mean over minibatches of each minibatch's mean (how SB3 reduces its logged statistics), in one
+        reduction when the minibatches have the same size
+    """
+    if len({value.shape for value in values}) == 1:
+        return th.stack(values).mean(dim=1).mean().item()
+    return th.stack([value.mean() for value in values]).mean().item()
+
+
 class TrustPPO(OnPolicyAlgorithm):
     """
     Proximal Policy Optimization with a choice of trust region: the clipped surrogate (PPO-clip, the default),
@@ -564,7 +575,18 @@ class TrustPPO(OnPolicyAlgorithm):
         if reference_kl is not None:
             # KL(π ‖ π_ref) toward the frozen reference policy (RLHF), loss placement
             loss = loss + reference_coef * reference_kl.mean()
-        return MinibatchTerms(loss, policy_loss, vf_loss, entropy_loss, ratio, log_ratio, value_clip_fraction, None)
+        # Only the loss keeps its graph: the other terms are for logging and checks
+        with th.no_grad():
+            return MinibatchTerms(
+                loss,
+                policy_loss.detach(),
+                vf_loss.detach(),
+                entropy_loss.detach(),
+                ratio.detach(),
+                log_ratio.detach(),
+                value_clip_fraction,
+                None,
+            )
 
     def _analytic_path(self, parameters: list[th.Tensor]) -> AnalyticPPO | None:
         """
@@ -677,8 +699,9 @@ class TrustPPO(OnPolicyAlgorithm):
         continue_training = True
         epochs_completed = 0
         # train for n_epochs epochs
+        ratios: list[th.Tensor] = []
         for epoch in range(self.n_epochs):
-            approx_kl_divs = []
+            log_ratios: list[th.Tensor] = []  # of this epoch's minibatches (SB3 logs the last epoch's approx_kl)
             # Do a complete pass on the rollout buffer (same minibatches and random draws on both paths)
             batches = rollout.minibatches(self.batch_size) if rollout is not None else self.rollout_buffer.get(self.batch_size)
             for rollout_data in batches:
@@ -706,28 +729,25 @@ class TrustPPO(OnPolicyAlgorithm):
                         rollout_data, old, need_kl, reference, reference_coef, clip_range, clip_range_vf, ent_coef, kl_coef
                     )
                 loss = terms.loss
+                # What is logged, reduced after the update (no work per minibatch)
+                stats["policy_gradient_loss"].append(terms.policy_loss)
+                stats["value_loss"].append(terms.value_loss)
+                stats["value_clip_fraction"].append(terms.value_clip_fraction)
+                stats["entropy_loss"].append(terms.entropy_loss)
+                ratios.append(terms.ratio)
+                log_ratios.append(terms.log_ratio)
 
-                with th.no_grad():
-                    ratio = terms.ratio.detach()
-                    stats["policy_gradient_loss"].append(terms.policy_loss.detach())
-                    stats["clip_fraction"].append(th.mean((th.abs(ratio - 1) > clip_range).float()))
-                    stats["ratio_max"].append(ratio.max())
-                    stats["ratio_mean"].append(ratio.mean())
-                    stats["value_loss"].append(terms.value_loss.detach())
-                    stats["value_clip_fraction"].append(terms.value_clip_fraction)
-                    stats["entropy_loss"].append(terms.entropy_loss.detach())
+                if self.target_kl is not None:
                     # k3 estimate of KL(π_old ‖ π_new) on the minibatch, for SB3's early stopping
                     # see issue #417: https://github.com/DLR-RM/stable-baselines3/issues/417
                     # and discussion in PR #419: https://github.com/DLR-RM/stable-baselines3/pull/419
                     # and Schulman blog: http://joschu.net/blog/kl-approx.html
-                    approx_kl_div = approx_kl_k3(terms.log_ratio.detach())
-                    approx_kl_divs.append(approx_kl_div)
-
-                if self.target_kl is not None and approx_kl_div.item() > 1.5 * self.target_kl:
-                    continue_training = False
-                    if self.verbose >= 1:
-                        print(f"Early stopping at step {epoch} due to reaching max kl: {approx_kl_div.item():.2f}")
-                    break
+                    approx_kl_div = approx_kl_k3(log_ratios[-1]).item()
+                    if approx_kl_div > 1.5 * self.target_kl:
+                        continue_training = False
+                        if self.verbose >= 1:
+                            print(f"Early stopping at step {epoch} due to reaching max kl: {approx_kl_div:.2f}")
+                        break
 
                 # Optimization step
                 self._optimizer_step(terms, parameters, epoch)
@@ -748,11 +768,15 @@ class TrustPPO(OnPolicyAlgorithm):
         after_update(self)
 
         means = {key: th.stack(values).mean().item() for key, values in stats.items()}
+        # Means over minibatches of per-minibatch means, as SB3
+        means["clip_fraction"] = mean_over_minibatches([(th.abs(ratio - 1) > clip_range).float() for ratio in ratios])
+        means["ratio_mean"] = mean_over_minibatches(ratios)
+        approx_kl = mean_over_minibatches([th.exp(log_ratio) - 1 - log_ratio for log_ratio in log_ratios])
         # Logs: SB3's keys with SB3's meanings (approx_kl: mean over the last epoch; loss: last minibatch)
         self.logger.record("train/entropy_loss", means["entropy_loss"])
         self.logger.record("train/policy_gradient_loss", means["policy_gradient_loss"])
         self.logger.record("train/value_loss", means["value_loss"])
-        self.logger.record("train/approx_kl", th.stack(approx_kl_divs).mean().item())
+        self.logger.record("train/approx_kl", approx_kl)
         self.logger.record("train/clip_fraction", means["clip_fraction"])
         self.logger.record("train/loss", loss.item())
         self.logger.record("train/explained_variance", explained_var)
@@ -768,7 +792,7 @@ class TrustPPO(OnPolicyAlgorithm):
         if self.policy_loss == "kl_penalty":
             self.logger.record("train/kl_coef", self._kl_coef)
         self.logger.record("train/early_stop_fraction", epochs_completed / self.n_epochs)
-        self.logger.record("train/ratio_max", th.stack(stats["ratio_max"]).max().item())
+        self.logger.record("train/ratio_max", th.cat(ratios).max().item())
         self.logger.record("train/ratio_mean", means["ratio_mean"])
         self.logger.record("train/ent_coef", ent_coef)
 
