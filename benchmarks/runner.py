@@ -88,6 +88,7 @@ PPO_FILES = (
         f"common/{name}.py"
         for name in (
             "__init__",
+            "base",
             "fast_collect",
             "fast_fisher",
             "fast_policy",

@@ -1,6 +1,4 @@
-import io
 import os
-import pathlib
 from collections import defaultdict
 from typing import Any, ClassVar, TypeVar
 
@@ -16,13 +14,13 @@ from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Rollout
 from stable_baselines3.common.utils import FloatSchedule, explained_variance
 from stable_baselines3.common.vec_env import VecEnv
 
+from sb3_trust.common.base import TrustAlgorithmMixin
 from sb3_trust.common.fast_fisher import DirectAdam
 from sb3_trust.common.fast_policy import (
     FastActorCritic,
     clip_grad_norm,
     clip_grads_,
     kl_from_params,
-    unsupported_reason,
     use_fused_adam,
 )
 from sb3_trust.common.fast_rollout import FlatRollout, Minibatch
@@ -50,7 +48,7 @@ from sb3_trust.common.reference import (
     setup_reference,
 )
 from sb3_trust.common.rollout import iterate_rollout_in_order
-from sb3_trust.common.safety import NON_FINITE_ACTIONS, NonFiniteError, all_finite, check_saved_model, guarded_update
+from sb3_trust.common.safety import NON_FINITE_ACTIONS, NonFiniteError, all_finite, guarded_update
 from sb3_trust.common.validation import (
     check_action_space,
     check_choice,
@@ -79,7 +77,7 @@ def mean_over_minibatches(values: list[th.Tensor]) -> float:
     return th.stack([value.mean() for value in values]).mean().item()
 
 
-class TrustPPO(OnPolicyAlgorithm):
+class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
     """
     Proximal Policy Optimization with a choice of trust region: the clipped surrogate (PPO-clip, the default),
     a fixed or adaptive KL penalty (PPO-Penalty), or none (the unclipped surrogate), plus SB3's or Baselines'
@@ -175,6 +173,10 @@ class TrustPPO(OnPolicyAlgorithm):
     :param _init_setup_model: Whether or not to build the network at the creation of the instance
     """
 
+    _trust_family = "TrustPPO"
+    # NumPy's tanh on the lean path: several times faster than th.tanh here, equal to the last bit (the parity tests
+    # against SB3 PPO hold at the same tolerance as with the fused Adam)
+    _fast_numpy_tanh = True
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
         "MlpPolicy": ActorCriticPolicy,
         "CnnPolicy": ActorCriticCnnPolicy,
@@ -307,7 +309,7 @@ class TrustPPO(OnPolicyAlgorithm):
         self.vf_clip_mode = vf_clip_mode
         self.on_non_finite = on_non_finite
         # Which algorithm wrote a saved file (checked by load())
-        self._trust_algorithm = "TrustPPO"
+        self._trust_algorithm = self._trust_family
         # Mutable training state lives here, not in _setup_model(), which load() calls again after restoring it.
         # The current β: adapted after each update when adaptive_kl_target is set.
         self._kl_coef = float(kl_coef(1.0) if callable(kl_coef) else kl_coef)
@@ -357,26 +359,6 @@ class TrustPPO(OnPolicyAlgorithm):
             *REFERENCE_EXCLUDED_SAVE_PARAMS,
         ]
 
-    def set_reference_policy(self, reference_policy: "str | os.PathLike | BaseAlgorithm | ActorCriticPolicy") -> None:
-        """
-        Attach the frozen reference policy, e.g. after ``load()`` of a model whose reference was given as an object
-        (objects are not saved with the model; paths are, and are reloaded automatically).
-
-        :param reference_policy: a path to a saved SB3 model, an SB3 model or an ``ActorCriticPolicy`` with the same
-            observation and action spaces
-        """
-        check_reference_kwargs(
-            reference_policy,
-            self.reference_kl_coef,
-            self.reference_kl_mode,
-            self.reference_kl_target,
-            self.reference_kl_horizon,
-        )
-        is_path = isinstance(reference_policy, (str, os.PathLike))
-        self.reference_policy = os.fspath(reference_policy) if is_path else None  # type: ignore[arg-type]
-        self._reference_object = None if is_path else reference_policy
-        setup_reference(self)
-
     def collect_rollouts(
         self, env: VecEnv, callback: BaseCallback, rollout_buffer: RolloutBuffer, n_rollout_steps: int
     ) -> bool:
@@ -391,23 +373,6 @@ class TrustPPO(OnPolicyAlgorithm):
         if complete:
             after_collection(self)  # reward shaping toward the reference policy, if any
         return complete
-
-    def _fast_path(self) -> FastActorCritic | None:
-        """
-        :return: the lean evaluation path for this policy and buffer, or ``None`` for SB3's generic methods
-            (the reason is logged once, at verbosity >= 1)
-        """
-        if getattr(self, "_fast_policy_for", None) is not self.policy:
-            reason = unsupported_reason(self.policy)  # type: ignore[arg-type]
-            if reason is None and not FlatRollout.supports(self.rollout_buffer):
-                reason = f"rollout buffer class {type(self.rollout_buffer).__name__}"
-            # NumPy's tanh: several times faster than th.tanh here, equal to the last bit (the parity tests against SB3
-            # PPO hold at the same tolerance as with the fused Adam)
-            self._fast_policy = FastActorCritic(self.policy, numpy_tanh=True) if reason is None else None  # type: ignore[arg-type]
-            self._fast_policy_for = self.policy
-            if reason is not None and self.verbose >= 1:
-                print(f"{type(self).__name__}: using SB3's generic (slower) policy methods because of the {reason}")
-        return self._fast_policy
 
     def _snapshot_old_policy(self) -> ActorCriticPolicy:
         """
@@ -795,25 +760,6 @@ class TrustPPO(OnPolicyAlgorithm):
         self.logger.record("train/ratio_max", th.cat(ratios).max().item())
         self.logger.record("train/ratio_mean", means["ratio_mean"])
         self.logger.record("train/ent_coef", ent_coef)
-
-    @classmethod
-    def load(  # type: ignore[override]
-        cls: type[SelfTrustPPO],
-        path: str | pathlib.Path | io.BufferedIOBase,
-        env: GymEnv | None = None,
-        device: th.device | str = "auto",
-        custom_objects: dict[str, Any] | None = None,
-        print_system_info: bool = False,
-        force_reset: bool = True,
-        **kwargs: Any,
-    ) -> SelfTrustPPO:
-        """
-        SB3's ``load()``, after checking that ``path`` is a readable file saved by TrustPPO (a clear ``ValueError``
-        otherwise, before anything is built). The variant and all training state are restored from the file.
-        WARNING: model files contain pickled Python objects; load only files you trust, as with SB3.
-        """
-        check_saved_model(path, "TrustPPO", cls.__name__)
-        return super().load(path, env, device, custom_objects, print_system_info, force_reset, **kwargs)
 
     def learn(
         self: SelfTrustPPO,

@@ -1,8 +1,6 @@
 import copy
-import io
 import math
 import os
-import pathlib
 import warnings
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal, NamedTuple, TypeVar
@@ -21,6 +19,7 @@ from stable_baselines3.common.utils import explained_variance
 from stable_baselines3.common.vec_env import VecEnv
 from torch.nn import functional as F
 
+from sb3_trust.common.base import TrustAlgorithmMixin
 from sb3_trust.common.fast_fisher import (
     AnalyticActor,
     AnalyticCritic,
@@ -28,7 +27,7 @@ from sb3_trust.common.fast_fisher import (
     analytic_critic,
     analytic_fisher_vector_product_fn,
 )
-from sb3_trust.common.fast_policy import FastActorCritic, unsupported_reason, use_fused_adam
+from sb3_trust.common.fast_policy import FastActorCritic, use_fused_adam
 from sb3_trust.common.fast_rollout import FlatRollout
 from sb3_trust.common.fused_policy import FusedActorCritic
 from sb3_trust.common.kl import exact_kl
@@ -43,7 +42,7 @@ from sb3_trust.common.reference import (
     reference_active,
     setup_reference,
 )
-from sb3_trust.common.safety import NON_FINITE_ACTIONS, check_saved_model, guarded_update
+from sb3_trust.common.safety import NON_FINITE_ACTIONS, guarded_update
 from sb3_trust.common.trust_region import (
     LineSearchResult,
     apply_fixed_step,
@@ -60,7 +59,6 @@ from sb3_trust.common.validation import (
     check_number,
     check_rollout_sizes,
 )
-from sb3_trust.ppo.trust_ppo import TrustPPO
 from sb3_trust.trpo.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
 
 SelfTrustTRPO = TypeVar("SelfTrustTRPO", bound="TrustTRPO")
@@ -98,7 +96,7 @@ class _ActorProblem(NamedTuple):
     paper_kl: list[float] | None  # filled by `evaluate` with KL(π_old ‖ π_new) when the constraint KL is another one
 
 
-class TrustTRPO(OnPolicyAlgorithm):
+class TrustTRPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
     """
     Trust Region Policy Optimization (TRPO), and the natural policy gradient (NPG) with ``step_rule="npg"``.
 
@@ -224,6 +222,7 @@ class TrustTRPO(OnPolicyAlgorithm):
     :param reference_kl_horizon: horizon (in samples) of that controller
     """
 
+    _trust_family = "TrustTRPO"
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
         "MlpPolicy": MlpPolicy,
         "CnnPolicy": CnnPolicy,
@@ -358,7 +357,7 @@ class TrustTRPO(OnPolicyAlgorithm):
         self.step_rule = step_rule
         self.on_non_finite = on_non_finite
         # Which algorithm family wrote a saved file (checked by load())
-        self._trust_algorithm = "TrustTRPO"
+        self._trust_algorithm = self._trust_family
         # Training state: created here (not in `_setup_model`) so that `load()` restores it
         self._n_actor_steps_skipped = 0
         self._n_skipped_updates = 0
@@ -405,9 +404,6 @@ class TrustTRPO(OnPolicyAlgorithm):
             *REFERENCE_EXCLUDED_SAVE_PARAMS,
         ]
 
-    # Same method as TrustPPO's: attach the frozen reference policy (e.g. after load())
-    set_reference_policy = TrustPPO.set_reference_policy
-
     def collect_rollouts(
         self, env: VecEnv, callback: BaseCallback, rollout_buffer: RolloutBuffer, n_rollout_steps: int
     ) -> bool:
@@ -427,21 +423,6 @@ class TrustTRPO(OnPolicyAlgorithm):
         # for small CPU batches
         fused = fused_policy(self, fast) if self.kl_convention == "paper" else None
         return collect_rollouts_lean(self, fast, fused, env, callback, rollout_buffer, n_rollout_steps)
-
-    def _fast_path(self) -> FastActorCritic | None:
-        """
-        :return: the lean evaluation path for this policy and buffer, or ``None`` for SB3's generic methods
-            (the reason is logged once, at verbosity >= 1)
-        """
-        if getattr(self, "_fast_policy_for", None) is not self.policy:
-            reason = unsupported_reason(self.policy)  # type: ignore[arg-type]
-            if reason is None and not FlatRollout.supports(self.rollout_buffer):
-                reason = f"rollout buffer class {type(self.rollout_buffer).__name__}"
-            self._fast_policy = FastActorCritic(self.policy) if reason is None else None  # type: ignore[arg-type]
-            self._fast_policy_for = self.policy
-            if reason is not None and self.verbose >= 1:
-                print(f"{type(self).__name__}: using SB3's generic (slower) policy methods because of the {reason}")
-        return self._fast_policy
 
     def _analytic_parts(self) -> tuple[AnalyticActor | None, AnalyticCritic] | None:
         """
@@ -769,25 +750,6 @@ class TrustTRPO(OnPolicyAlgorithm):
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
         # KL(π ‖ π_ref) after the update: logged, and drives the reference β controller if any
         after_update(self)
-
-    @classmethod
-    def load(  # type: ignore[override]
-        cls: type[SelfTrustTRPO],
-        path: str | pathlib.Path | io.BufferedIOBase,
-        env: GymEnv | None = None,
-        device: th.device | str = "auto",
-        custom_objects: dict[str, Any] | None = None,
-        print_system_info: bool = False,
-        force_reset: bool = True,
-        **kwargs: Any,
-    ) -> SelfTrustTRPO:
-        """
-        SB3's ``load()``, after checking that ``path`` is a readable file saved by TrustTRPO or TrustNPG (a clear
-        ``ValueError`` otherwise, before anything is built). All training state is restored from the file.
-        WARNING: model files contain pickled Python objects; load only files you trust, as with SB3.
-        """
-        check_saved_model(path, "TrustTRPO", cls.__name__)
-        return super().load(path, env, device, custom_objects, print_system_info, force_reset, **kwargs)
 
     def learn(
         self: SelfTrustTRPO,
