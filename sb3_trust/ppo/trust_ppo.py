@@ -177,6 +177,9 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
     # NumPy's tanh on the lean path: several times faster than th.tanh here, equal to the last bit (the parity tests
     # against SB3 PPO hold at the same tolerance as with the fused Adam)
     _fast_numpy_tanh = True
+    # Rows per forward pass over the whole rollout (π_old's parameters, the post-update KL): bounds the transient memory,
+    # which the allocator would otherwise keep (peak RSS grew by ~15 MB per update on LunarLander's 16k-sample rollouts)
+    _ROLLOUT_CHUNK = 2048
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
         "MlpPolicy": ActorCriticPolicy,
         "CnnPolicy": ActorCriticCnnPolicy,
@@ -397,8 +400,11 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         :return: the parameters of π_old on every state of the rollout (computed before the update)
         """
         with th.no_grad():
-            latent_pi, _ = fast.latent(rollout.observations)
-            return fast.distribution_params(latent_pi)
+            chunks = rollout.observations.split(self._ROLLOUT_CHUNK)
+            pieces = [fast.distribution_params(fast.latent(chunk)[0]) for chunk in chunks]
+            if len(pieces) == 1:
+                return pieces[0]
+            return th.cat([piece[0] for piece in pieces]), th.cat([piece[1] for piece in pieces])
 
     def _rollout_kl(self, old: OldPolicy, rollout: FlatRollout | None) -> float:
         """
@@ -409,8 +415,12 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         with th.no_grad():
             fast = self._fast_path()
             if fast is not None and rollout is not None and isinstance(old, tuple):
-                new = self._old_distribution_params(fast, rollout)
-                return kl_from_params(old, new, fast.is_categorical).mean().item()
+                kl_sum = th.zeros(())
+                for start in range(0, rollout.n_samples, self._ROLLOUT_CHUNK):
+                    rows = slice(start, start + self._ROLLOUT_CHUNK)
+                    new = fast.distribution_params(fast.latent(rollout.observations[rows])[0])
+                    kl_sum += kl_from_params((old[0][rows], old[1][rows]), new, fast.is_categorical).sum()
+                return kl_sum.item() / rollout.n_samples
             assert isinstance(old, ActorCriticPolicy)
             total, count = 0.0, 0
             for rollout_data in iterate_rollout_in_order(self.rollout_buffer):
