@@ -101,6 +101,11 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
     - **Advantages** are normalised per minibatch (when ``normalize_advantage``), as in SB3.
     - **Value clipping**: see ``vf_clip_mode``.
 
+    Computation: for SB3's ``MlpPolicy`` (flat Box observations, Discrete or Box actions, no gSDE, trainable
+    parameters) the minibatch gradient is computed in closed form (``sb3_trust.ppo.analytic``: the same loss, the
+    gradient equal to autograd's up to rounding) and collection evaluates the network with NumPy; any other policy uses
+    SB3's methods and autograd (said once at ``verbose >= 1``). Both paths draw the same random numbers as SB3.
+
     :param policy: The policy model to use (MlpPolicy, CnnPolicy, ...)
     :param env: The environment to learn from (if registered in Gym, can be str)
     :param learning_rate: The learning rate, it can be a function
