@@ -736,6 +736,28 @@ def _summary(results: Results) -> str:
     return _table(["env", *ours], rows) + "\n"
 
 
+def _returns_summary(results: Results) -> str:
+    """:return: env × algorithm table of final returns, references first, with the verdicts (the README's table)"""
+    labels = sorted({key[1] for key, group in results.groups.items() if group.runs}, key=_order)
+    if not labels:
+        return "No finished runs yet.\n"
+    rows = []
+    for env in results.envs():
+        row = [env]
+        for label in labels:
+            group = results.main_group(env, label)
+            if group is None:
+                row.append("–")
+                continue
+            cell = f"{_num(float(group.finals.mean()))} ± {_num(float(group.finals.std()))} ({_runs(len(group.runs))}"
+            if not _is_reference(label):
+                decision, p = verdict(group, results.reference_of(group))
+                cell += f"; {decision}" + (f", p = {p:.3f}" if p is not None else "")
+            row.append(cell + ")")
+        rows.append(row)
+    return _table(["env", *labels], rows) + "\n"
+
+
 def _aggregate_section(
     aggregate: Aggregate, points: dict[str, np.ndarray], intervals: dict[str, np.ndarray], plots: dict[str, str]
 ) -> str:
@@ -998,6 +1020,9 @@ def _build_report(results_dir: Path, out: Path, plots_dir: str | Path | None, re
         "## Summary: verdict per env (main budget of each algorithm)",
         "",
         _summary(results),
+        "## Summary: final return per env (mean ± std over seeds; verdict against the reference, p-value)",
+        "",
+        _returns_summary(results),
         "## Per env",
         "",
     ]

@@ -423,6 +423,10 @@ def test_report_from_fixture_results(tmp_path, monkeypatch):
     assert "[" in row and "]" in row  # IQM CI
     assert "published on -v3 (mujoco-py)" in text  # env caveat
     assert "two-sided permutation test" in text and "normalised score = (return − random)" in text
+    # the env x algorithm summary of final returns (references without a verdict)
+    summary = text.split("## Summary: final return per env")[1].split("##")[0]
+    cartpole = next(line for line in summary.splitlines() if line.startswith("| CartPole-v1 |"))
+    assert "(5 runs; better, p = 0.008)" in cartpole and "(7 runs)" not in cartpole.split("|")[2]
 
     # missing, failed and stale runs are shown
     missing = text.split("## Missing runs")[1].split("##")[0]
