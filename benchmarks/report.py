@@ -12,7 +12,7 @@ import math
 import os
 import warnings
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -716,46 +716,48 @@ def _env_section(results: Results, env: str, reps: int, plot: str | None) -> str
     return "\n".join(lines)
 
 
-def _summary(results: Results) -> str:
-    ours = sorted({key[1] for key, group in results.groups.items() if group.runs and not _is_reference(key[1])}, key=_order)
-    if not ours:
-        return "No finished runs of our algorithms yet.\n"
+def _env_table(results: Results, references: bool, cell: Callable[[Group], str], empty: str) -> str:
+    """
+    :param results: the results
+    :param references: include the reference implementations' columns
+    :param cell: the text of a cell, from the main group of an (env, label)
+    :param empty: the text when there is no column
+    :return: an env × label table (labels in report order)
+    """
+    labels = sorted(
+        {key[1] for key, group in results.groups.items() if group.runs and (references or not _is_reference(key[1]))},
+        key=_order,
+    )
+    if not labels:
+        return empty
     rows = []
     for env in results.envs():
-        row = [env]
-        for label in ours:
-            group = results.main_group(env, label)
-            if group is None:
-                row.append("–")
-                continue
-            reference = results.reference_of(group)
-            decision, _ = verdict(group, reference)
-            ratio = f", {group.speed / reference.speed:.2f}× speed" if reference and group.speed and reference.speed else ""
-            row.append(f"{decision}; {_runs(len(group.runs))}{ratio}")
-        rows.append(row)
-    return _table(["env", *ours], rows) + "\n"
+        groups = [results.main_group(env, label) for label in labels]
+        rows.append([env, *("–" if group is None else cell(group) for group in groups)])
+    return _table(["env", *labels], rows) + "\n"
+
+
+def _summary(results: Results) -> str:
+    def cell(group: Group) -> str:
+        reference = results.reference_of(group)
+        decision, _ = verdict(group, reference)
+        ratio = f", {group.speed / reference.speed:.2f}× speed" if reference and group.speed and reference.speed else ""
+        return f"{decision}; {_runs(len(group.runs))}{ratio}"
+
+    return _env_table(results, False, cell, "No finished runs of our algorithms yet.\n")
 
 
 def _returns_summary(results: Results) -> str:
     """:return: env × algorithm table of final returns, references first, with the verdicts (the README's table)"""
-    labels = sorted({key[1] for key, group in results.groups.items() if group.runs}, key=_order)
-    if not labels:
-        return "No finished runs yet.\n"
-    rows = []
-    for env in results.envs():
-        row = [env]
-        for label in labels:
-            group = results.main_group(env, label)
-            if group is None:
-                row.append("–")
-                continue
-            cell = f"{_num(float(group.finals.mean()))} ± {_num(float(group.finals.std()))} ({_runs(len(group.runs))}"
-            if not _is_reference(label):
-                decision, p = verdict(group, results.reference_of(group))
-                cell += f"; {decision}" + (f", p = {p:.3f}" if p is not None else "")
-            row.append(cell + ")")
-        rows.append(row)
-    return _table(["env", *labels], rows) + "\n"
+
+    def cell(group: Group) -> str:
+        text = f"{_num(float(group.finals.mean()))} ± {_num(float(group.finals.std()))} ({_runs(len(group.runs))}"
+        if not _is_reference(group.label):
+            decision, p = verdict(group, results.reference_of(group))
+            text += f"; {decision}" + (f", p = {p:.3f}" if p is not None else "")
+        return text + ")"
+
+    return _env_table(results, True, cell, "No finished runs yet.\n")
 
 
 def _aggregate_section(
