@@ -327,6 +327,7 @@ def fake_record(algo: str, env: str, seed: int, final: float, steps_per_s: float
         },
         "curve": curve,
         "final": curve[-1],
+        "training_episodes": {"last_100_mean": final, "count": 100},
         "timing": {"steps_per_s": steps_per_s, "train_s": timesteps / steps_per_s, "num_timesteps": timesteps},
         "versions": collect_versions(),
         "code": {"hash": runner.algorithm_code_hash()["hash"]},  # no family: compared with the hash of all files
@@ -384,6 +385,8 @@ def test_report_from_fixture_results(tmp_path, monkeypatch):
         for algo, mean in (("trust_ppo_kl_fixed", 1500.0), ("trust_ppo_unclipped", 300.0)):
             for seed in range(5):
                 record = fake_record(algo, env, seed, mean + 10 * seed, 900.0, timesteps=1_000_000)
+                if algo == "trust_ppo_unclipped":  # best by the final evaluation, worst by the paper's training score
+                    record["final"] = dict(record["final"], mean=5000.0 + seed)
                 save_record(results / f"{record['run_id']}.json", record)
     # a stale run (older algorithm code), a failed run, and a sweep that expects more seeds than there are
     stale = fake_record("trust_trpo", "Pendulum-v1", 0, -200.0, 3000.0, code={"hash": "0123456789abcdef"})
@@ -444,7 +447,9 @@ def test_report_from_fixture_results(tmp_path, monkeypatch):
     # aggregates and the PPO paper ordering
     assert "### quick: CartPole-v1, Pendulum-v1" in text and "### mujoco: Hopper-v4, HalfCheetah-v4" in text
     assert "*Left out:* trpo (no finished runs on Pendulum-v1)" in text
+    # ranked by the paper's score (last 100 training episodes), the final evaluation's ranking beside it
     assert "**Ordering reproduced**" in text
+    assert "By the final evaluation: trust_ppo_unclipped > trust_ppo > trust_ppo_kl > trust_ppo_kl_fixed." in text
 
     # excluding stale runs
     report = build_report(results, tmp_path / "other" / "RESULTS.md", reps=200, exclude_stale=True)
