@@ -789,6 +789,15 @@ def _aggregate_section(
     return "\n".join(lines)
 
 
+def _normalised_matrix(envs: list[str], per_env: list[list[Run]], score: Callable[[Run], float]) -> np.ndarray:
+    """Normalised scores as rliable wants them, runs x envs, the same number of runs (the first by seed) per env."""
+    runs = min(len(env_runs) for env_runs in per_env)
+    return np.array(
+        [[refs.normalise(env, score(run)) for run in env_runs[:runs]] for env, env_runs in zip(envs, per_env, strict=True)],
+        dtype=float,
+    ).T
+
+
 def _ppo_paper_section(results: Results, reps: int) -> str:
     def scored(env: str, label: str) -> list[Run]:
         group = results.main_group(env, label)
@@ -814,14 +823,8 @@ def _ppo_paper_section(results: Results, reps: int) -> str:
     final_means = {}
     for label in PPO_PAPER_ORDER:
         per_env = [scored(env, label) for env in envs]
-        runs = min(len(env_runs) for env_runs in per_env)
-        aggregate.scores[label] = np.array(
-            [[refs.normalise(env, run.last_100) for run in env_runs[:runs]] for env, env_runs in zip(envs, per_env, strict=True)],
-            dtype=float,
-        ).T
-        final_means[label] = float(
-            np.mean([[refs.normalise(env, run.final) for run in env_runs[:runs]] for env, env_runs in zip(envs, per_env, strict=True)])
-        )
+        aggregate.scores[label] = _normalised_matrix(envs, per_env, lambda run: run.last_100)
+        final_means[label] = float(_normalised_matrix(envs, per_env, lambda run: run.final).mean())
     points, intervals = aggregate_intervals(aggregate, reps)
     means = {label: float(scores.mean()) for label, scores in aggregate.scores.items()}
     observed = sorted(PPO_PAPER_ORDER, key=lambda label: -means[label])
