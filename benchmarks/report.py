@@ -7,12 +7,13 @@ Usage: ``python -m benchmarks report [--results-dir DIR] [--out RESULTS.md] [--r
 """
 
 import argparse
+import contextlib
 import itertools
 import math
 import os
 import warnings
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -325,6 +326,22 @@ def verdict(ours: Group, reference: Group | None) -> tuple[str, float | None]:
     return ("better" if ours.finals.mean() > reference.finals.mean() else "worse"), p
 
 
+@contextlib.contextmanager
+def _numpy_global_seed(seed: int) -> Iterator[None]:
+    """
+    Seed NumPy's global random state for a block, then restore it. rliable 1.2 draws its bootstrap indices from
+    ``np.random`` and ignores the ``random_state`` it is given, so without this the report's CIs change from run to run.
+
+    :param seed: the seed
+    """
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+
+
 def iqm_intervals(groups: list[Group], reps: int, seed: int = 0) -> dict[str, tuple[float, float, float]]:
     """
     IQM of each group's final scores with a 95% (stratified, here single-task) bootstrap CI, by rliable.
@@ -345,12 +362,13 @@ def iqm_intervals(groups: list[Group], reps: int, seed: int = 0) -> dict[str, tu
         elif group.runs:
             out[group.label] = (float(group.finals[0]), math.nan, math.nan)
     if scores:
-        points, intervals = rly.get_interval_estimates(
-            scores,
-            lambda x: np.array([metrics.aggregate_iqm(x)]),
-            reps=reps,
-            random_state=np.random.RandomState(seed),
-        )
+        with _numpy_global_seed(seed):
+            points, intervals = rly.get_interval_estimates(
+                scores,
+                lambda x: np.array([metrics.aggregate_iqm(x)]),
+                reps=reps,
+                random_state=np.random.RandomState(seed),
+            )
         for label in scores:
             out[label] = (float(points[label][0]), float(intervals[label][0, 0]), float(intervals[label][1, 0]))
     return out
@@ -398,6 +416,15 @@ class Aggregate:
     excluded: dict[str, str]
 
 
+def _normalised_matrix(envs: list[str], per_env: list[list[Run]], score: Callable[[Run], float]) -> np.ndarray:
+    """Normalised scores as rliable wants them, runs x envs, the same number of runs per env (the first of each list)."""
+    runs = min(len(env_runs) for env_runs in per_env)
+    return np.array(
+        [[refs.normalise(env, score(run)) for run in env_runs[:runs]] for env, env_runs in zip(envs, per_env, strict=True)],
+        dtype=float,
+    ).T
+
+
 def aggregates(results: Results) -> list[Aggregate]:
     """
     :param results: the results
@@ -418,13 +445,8 @@ def aggregates(results: Results) -> list[Aggregate]:
                 missing = [env for env, group in zip(envs, groups, strict=True) if group is None]
                 excluded[label] = f"no finished runs on {', '.join(missing)}"
                 continue
-            runs = min(len(group.runs) for group in groups if group is not None)
-            columns = []
-            for env, group in zip(envs, groups, strict=True):
-                assert group is not None
-                chosen = sorted(group.runs, key=lambda run: run.seed)[:runs]
-                columns.append([refs.normalise(env, run.final) for run in chosen])
-            scores[label] = np.array(columns, dtype=float).T
+            per_env = [sorted(group.runs, key=lambda run: run.seed) for group in groups if group is not None]
+            scores[label] = _normalised_matrix(envs, per_env, lambda run: run.final)
         found.append(Aggregate(suite.name, envs, scores, excluded))
     kept = []
     for aggregate in found:
@@ -449,12 +471,13 @@ def aggregate_intervals(aggregate: Aggregate, reps: int, seed: int = 0) -> tuple
     from rliable import library as rly
     from rliable import metrics
 
-    return rly.get_interval_estimates(
-        aggregate.scores,
-        lambda x: np.array([metrics.aggregate_iqm(x), metrics.aggregate_optimality_gap(x, 1.0)]),
-        reps=reps,
-        random_state=np.random.RandomState(seed),
-    )
+    with _numpy_global_seed(seed):
+        return rly.get_interval_estimates(
+            aggregate.scores,
+            lambda x: np.array([metrics.aggregate_iqm(x), metrics.aggregate_optimality_gap(x, 1.0)]),
+            reps=reps,
+            random_state=np.random.RandomState(seed),
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -578,7 +601,8 @@ def plot_profile(aggregate: Aggregate, path: Path, colors: dict[str, Any], reps:
     values = np.concatenate([scores.ravel() for scores in aggregate.scores.values()])
     low, high = min(0.0, float(values.min())), max(1.25, float(values.max()))
     tau = np.linspace(low - 0.02 * (high - low), high, 81)  # start below the lowest score: every profile starts at 1
-    profiles, cis = rly.create_performance_profile(aggregate.scores, tau, reps=reps)
+    with _numpy_global_seed(0):
+        profiles, cis = rly.create_performance_profile(aggregate.scores, tau, reps=reps)
     fig, ax = plt.subplots(figsize=(8, 5))
     styles = {label: "--" if _is_reference(label) else "-" for label in aggregate.scores}
     plot_utils.plot_performance_profiles(
@@ -787,15 +811,6 @@ def _aggregate_section(
         lines.append(f"\n*Left out:* {label} ({reason}).")
     lines.append("")
     return "\n".join(lines)
-
-
-def _normalised_matrix(envs: list[str], per_env: list[list[Run]], score: Callable[[Run], float]) -> np.ndarray:
-    """Normalised scores as rliable wants them, runs x envs, the same number of runs (the first by seed) per env."""
-    runs = min(len(env_runs) for env_runs in per_env)
-    return np.array(
-        [[refs.normalise(env, score(run)) for run in env_runs[:runs]] for env, env_runs in zip(envs, per_env, strict=True)],
-        dtype=float,
-    ).T
 
 
 def _ppo_paper_section(results: Results, reps: int) -> str:

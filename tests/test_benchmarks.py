@@ -338,6 +338,40 @@ def fake_record(algo: str, env: str, seed: int, final: float, steps_per_s: float
     return record
 
 
+def test_bootstrap_intervals_are_reproducible():
+    """The same scores give the same CIs on every call (rliable draws from ``np.random``; the report seeds it),
+    different seeds give different ones, and the caller's global NumPy random state is left as it was."""
+    from benchmarks.report import Aggregate, Group, Run, aggregate_intervals, iqm_intervals
+
+    rng = np.random.default_rng(1)
+    groups = [
+        Group(
+            "CartPole-v1",
+            label,
+            1,
+            runs=[Run(f"r{i}", i, float(v), 1.0, np.zeros(1), np.zeros(1), "h", []) for i, v in enumerate(rng.normal(size=7))],
+        )
+        for label in ("a", "b")
+    ]
+    aggregate = Aggregate(
+        "quick", ["CartPole-v1", "Pendulum-v1"], {"a": rng.normal(size=(6, 2)), "b": rng.normal(size=(6, 2))}, {}
+    )
+    np.random.seed(5)
+    first = iqm_intervals(groups, reps=300)
+    np.random.seed(6)  # whatever the caller's global state
+    assert iqm_intervals(groups, reps=300) == first and iqm_intervals(groups, reps=300, seed=1) != first
+    np.random.seed(6)
+    expected = np.random.random()
+    np.random.seed(6)
+    iqm_intervals(groups, reps=300)
+    assert np.random.random() == expected  # the caller's global state is restored, not consumed
+    np.random.seed(7)
+    low = aggregate_intervals(aggregate, reps=300)[1]
+    np.random.seed(8)
+    high = aggregate_intervals(aggregate, reps=300)[1]
+    assert all(np.array_equal(low[label], high[label]) for label in low)
+
+
 def test_permutation_test_and_verdict():
     low, high = [1.0, 2.0, 3.0, 4.0, 5.0], [11.0, 12.0, 13.0, 14.0, 15.0]
     assert permutation_test(high, low) == pytest.approx(2 / 252)  # exact: the two extreme splits of 252
