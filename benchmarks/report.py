@@ -417,10 +417,11 @@ class Aggregate:
 
 
 def _normalised_matrix(envs: list[str], per_env: list[list[Run]], score: Callable[[Run], float]) -> np.ndarray:
-    """Normalised scores as rliable wants them, runs x envs, the same number of runs per env (the first of each list)."""
+    """Normalised scores as rliable wants them, runs x envs, the same number of runs per env (the lowest seeds)."""
     runs = min(len(env_runs) for env_runs in per_env)
+    chosen = [sorted(env_runs, key=lambda run: run.seed)[:runs] for env_runs in per_env]
     return np.array(
-        [[refs.normalise(env, score(run)) for run in env_runs[:runs]] for env, env_runs in zip(envs, per_env, strict=True)],
+        [[refs.normalise(env, score(run)) for run in env_runs] for env, env_runs in zip(envs, chosen, strict=True)],
         dtype=float,
     ).T
 
@@ -445,7 +446,7 @@ def aggregates(results: Results) -> list[Aggregate]:
                 missing = [env for env, group in zip(envs, groups, strict=True) if group is None]
                 excluded[label] = f"no finished runs on {', '.join(missing)}"
                 continue
-            per_env = [sorted(group.runs, key=lambda run: run.seed) for group in groups if group is not None]
+            per_env = [group.runs for group in groups if group is not None]
             scores[label] = _normalised_matrix(envs, per_env, lambda run: run.final)
         found.append(Aggregate(suite.name, envs, scores, excluded))
     kept = []
@@ -816,7 +817,7 @@ def _aggregate_section(
 def _ppo_paper_section(results: Results, reps: int) -> str:
     def scored(env: str, label: str) -> list[Run]:
         group = results.main_group(env, label)
-        return sorted((run for run in group.runs if run.last_100 is not None), key=lambda run: run.seed) if group else []
+        return [run for run in group.runs if run.last_100 is not None] if group else []
 
     envs = [env for env in SUITES["mujoco"].envs if all(scored(env, label) for label in PPO_PAPER_ORDER)]
     lines = [
