@@ -6,10 +6,18 @@ In one run of this script, every (config, algorithm) pair is measured ``--repeat
 one thread. It reports the median speed ratio ours / reference, the split between collection and update, the
 env-only rate through the same VecEnv (the physical floor), and the peak RSS.
 
+For the PPO configs it also measures the *arithmetic floor*: the env-only time plus the time of the matrix products that
+any implementation of the same update must compute (the actor's and critic's forward pass for each collection step,
+and the forward, weight-gradient and input-gradient products of every minibatch), timed with the same BLAS and thread
+count. The reference's wall time divided by that floor is the best ratio any implementation computing the same thing
+can reach on this machine.
+
 Usage: ``python -m benchmarks throughput [--repeats 3] [--configs cartpole_ppo ...] [--out benchmarks/THROUGHPUT.md]``
 """
 
 import argparse
+import itertools
+import math
 import multiprocessing as mp
 import os
 import platform
@@ -131,6 +139,133 @@ def _env_only(config_name: str, seed: int, queue: "mp.Queue[dict[str, float]]") 
     queue.put(dict(steps_per_s=n_steps * env.num_envs / (time.perf_counter() - start)))
 
 
+# (rows, inner, columns) of one matrix product
+Product = tuple[int, int, int]
+
+
+def mlp_widths(sequential: Any, head: Any) -> list[int]:
+    """
+    :param sequential: an SB3 ``mlp_extractor`` branch (``Linear`` layers and activations, possibly empty)
+    :param head: the ``Linear`` head after it (``action_net`` or ``value_net``)
+    :return: the widths of the chain of ``Linear`` layers: input, hidden widths, output
+    """
+    import torch as th
+
+    linears = [module for module in sequential.modules() if isinstance(module, th.nn.Linear)] + [head]
+    return [linears[0].in_features] + [linear.out_features for linear in linears]
+
+
+def chain_products(widths: list[int], rows: int, backward: bool) -> list[Product]:
+    """
+    The matrix products of one pass through a chain of ``Linear`` layers.
+
+    Forward, per layer ``i``: ``x [rows, w_i] @ Wᵀ [w_i, w_{i+1}]``. Backward adds, per layer, the weight gradient
+    ``gᵀ [w_{i+1}, rows] @ x [rows, w_i]`` and, for every layer but the first (the observations need no gradient), the
+    input gradient ``g [rows, w_{i+1}] @ W [w_{i+1}, w_i]``.
+
+    :param widths: input, hidden and output widths
+    :param rows: rows of the batch
+    :param backward: include the backward pass
+    :return: the products
+    """
+    products = []
+    for i, (width_in, width_out) in enumerate(itertools.pairwise(widths)):
+        products.append((rows, width_in, width_out))
+        if backward:
+            products.append((width_out, rows, width_in))
+            if i > 0:
+                products.append((rows, width_out, width_in))
+    return products
+
+
+def ppo_update_products(
+    actor: list[int],
+    critic: list[int],
+    n_envs: int,
+    n_steps: int,
+    batch_size: int,
+    n_epochs: int,
+    timesteps: int,
+) -> dict[Product, int]:
+    """
+    The matrix products that training PPO for ``timesteps`` steps must compute, whatever the implementation: one
+    forward pass of the actor and the critic per collection step (``n_envs`` rows), and a forward and backward pass of
+    both per minibatch (the last minibatch of an epoch may be smaller). ``learn`` collects whole rollouts until it
+    reaches ``timesteps``.
+
+    :param actor: the actor chain's widths (``mlp_widths``)
+    :param critic: the critic chain's widths
+    :param n_envs: envs
+    :param n_steps: steps per env per rollout
+    :param batch_size: minibatch size
+    :param n_epochs: epochs per update
+    :param timesteps: the training budget
+    :return: how many times each product is computed
+    """
+    rollout = n_steps * n_envs
+    updates = math.ceil(timesteps / rollout)
+    counts: dict[Product, int] = {}
+
+    def add(products: list[Product], times: int) -> None:
+        for product in products:
+            counts[product] = counts.get(product, 0) + times
+
+    for widths in (actor, critic):
+        add(chain_products(widths, n_envs, backward=False), updates * n_steps)
+        for start in range(0, rollout, batch_size):
+            add(chain_products(widths, min(batch_size, rollout - start), backward=True), updates * n_epochs)
+    return counts
+
+
+def time_products(counts: dict[Product, int], seconds_per_product: float = 0.05) -> float:
+    """
+    :param counts: how many times each product is computed (``ppo_update_products``)
+    :param seconds_per_product: time spent measuring each distinct product
+    :return: the estimated time of all of them with ``th.mm`` (float32, the current thread count): each product's
+        median time over batches of repetitions, times its count
+    :raise ValueError: for a negative count
+    """
+    import torch as th
+
+    total = 0.0
+    for (rows, inner, columns), count in counts.items():
+        if count < 0:
+            raise ValueError(f"count of the product {(rows, inner, columns)} is {count}; it must be >= 0")
+        if count == 0:
+            continue
+        left, right, out = th.randn(rows, inner), th.randn(inner, columns), th.empty(rows, columns)
+        th.mm(left, right, out=out)
+        batches, repetitions = [], 20
+        deadline = time.perf_counter() + seconds_per_product
+        while time.perf_counter() < deadline or len(batches) < 3:
+            start = time.perf_counter()
+            for _ in range(repetitions):
+                th.mm(left, right, out=out)
+            batches.append((time.perf_counter() - start) / repetitions)
+        total += statistics.median(batches) * count
+    return total
+
+
+def _arithmetic_floor(config_name: str, seed: int, queue: "mp.Queue[dict[str, float]]") -> None:
+    """The time of the matrix products of a PPO run of the config (``ppo_update_products``, ``time_products``)."""
+    import torch as th
+
+    th.set_num_threads(1)
+    config = CONFIGS[config_name]
+    model = _build(config.reference, config, seed)
+    policy = model.policy
+    counts = ppo_update_products(
+        mlp_widths(policy.mlp_extractor.policy_net, policy.action_net),
+        mlp_widths(policy.mlp_extractor.value_net, policy.value_net),
+        model.n_envs,
+        model.n_steps,
+        model.batch_size,
+        model.n_epochs,
+        config.timesteps,
+    )
+    queue.put(dict(products_s=time_products(counts)))
+
+
 def in_subprocess(target: Any, *args: Any) -> dict[str, Any]:
     """Run ``target(*args, queue)`` in a fresh (spawned) process and return what it put in the queue."""
     context = mp.get_context("spawn")
@@ -151,8 +286,9 @@ def main(argv: list[str] | None = None) -> None:
 
     lines = [
         "| config | reference steps/s | ours steps/s | **median ratio** | ref collect / train (s) | ours collect / train (s) "
-        "| env-only steps/s | ours vs env-only time | ref / ours peak RSS (MB) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| env-only steps/s | ours vs env-only time | arithmetic floor (s) | best possible ratio | ours vs floor time "
+        "| ref / ours peak RSS (MB) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     print(lines[0], flush=True)
     for name in args.configs:
@@ -169,11 +305,19 @@ def main(argv: list[str] | None = None) -> None:
 
         ours_fps = median(config.ours, "steps_per_s")
         ratio = statistics.median(ratios)
+        floor = "— | — | —"
+        if config.reference == "ppo":
+            # env-only time + the matrix products of the same update: the reference's time over it is the best ratio
+            floor_s = config.timesteps / env_only + in_subprocess(_arithmetic_floor, name, 0)["products_s"]
+            floor = (
+                f"{floor_s:.2f} | {median(config.reference, 'wall_s') / floor_s:.2f}x "
+                f"| {median(config.ours, 'wall_s') / floor_s:.2f}x"
+            )
         line = (
             f"| {name} | {median(config.reference, 'steps_per_s'):.0f} | {ours_fps:.0f} | **{ratio:.2f}x** "
             f"| {median(config.reference, 'collect_s'):.2f} / {median(config.reference, 'train_s'):.2f} "
             f"| {median(config.ours, 'collect_s'):.2f} / {median(config.ours, 'train_s'):.2f} "
-            f"| {env_only:.0f} | {env_only / ours_fps:.1f}x "
+            f"| {env_only:.0f} | {env_only / ours_fps:.1f}x | {floor} "
             f"| {median(config.reference, 'peak_rss_mb'):.0f} / {median(config.ours, 'peak_rss_mb'):.0f} |"
         )
         lines.append(line)
@@ -191,6 +335,11 @@ def main(argv: list[str] | None = None) -> None:
             f"torch {torch.__version__}.",
             "Ratio = our steps/s / the reference's steps/s in the same repeat (median over repeats).",
             "'ours vs env-only time' = how many times longer our training takes than stepping the env alone.",
+            "'arithmetic floor' (PPO configs) = env-only time + the time of the matrix products that the same update "
+            "computes (actor and critic forward per collection step; forward, weight- and input-gradient products per "
+            "minibatch), each timed alone with `th.mm` on one thread; 'best possible ratio' = the reference's median "
+            "wall time / the floor, the most any implementation computing the same products could reach here; "
+            "'ours vs floor time' = our median wall time / the floor.",
             "",
         ]
         with open(args.out, "w") as file:
