@@ -53,7 +53,7 @@ def test_mlp_widths_of_an_sb3_policy():
     assert mlp_widths(no_hidden.mlp_extractor.policy_net, no_hidden.action_net) == [4, 2]
 
 
-def test_time_products_scales_with_the_count():
+def test_time_products_skips_zero_counts_times_positive_ones_and_rejects_negative_ones():
     assert time_products({(64, 64, 64): 0}, seconds_per_product=0.01) == 0.0
     seconds = time_products({(64, 64, 64): 1000}, seconds_per_product=0.01)
     assert math.isfinite(seconds) and seconds > 0
