@@ -79,6 +79,8 @@ VERSIONED = {
 REFERENCE_LIBRARY = {"ppo": "stable_baselines3", "trpo": "sb3_contrib"}
 # Sub-packages of sb3_trust that are glue, not algorithm code: not part of the code hash
 GLUE_PACKAGES = ("zoo",)
+# The source files of the algorithm code: Python, and the C of TrustPPO's fused kernels (sb3_trust/ppo/fused_kernels.c)
+ALGORITHM_SOURCES = ("*.py", "*.c")
 # The files each algorithm family's code is made of (prefixes, relative to the package): a change elsewhere does not
 # make its results stale. TrustPPO: its folder and the shared modules it imports; TrustTRPO/NPG: all but TrustPPO's folder.
 PPO_FILES = (
@@ -230,8 +232,8 @@ def package_dir() -> Path:
 
 def algorithm_code_hash(directory: str | Path | None = None, family: str | None = None) -> dict[str, Any]:
     """
-    Hash of the algorithm code: every ``*.py`` of the ``sb3_trust`` package except the glue (``sb3_trust/zoo``) and,
-    for one algorithm family, the files it does not use (see ``PPO_FILES``).
+    Hash of the algorithm code: every ``*.py`` and ``*.c`` of the ``sb3_trust`` package except the glue
+    (``sb3_trust/zoo``) and, for one algorithm family, the files it does not use (see ``PPO_FILES``).
     A result whose hash differs from the current one was produced by other algorithm code (it is *stale*).
 
     :param directory: the package directory (default: the imported package)
@@ -248,7 +250,8 @@ def algorithm_code_hash(directory: str | Path | None = None, family: str | None 
 
     files = sorted(
         path
-        for path in root.rglob("*.py")
+        for pattern in ALGORITHM_SOURCES
+        for path in root.rglob(pattern)
         if "__pycache__" not in path.parts
         and path.relative_to(root).parts[0] not in GLUE_PACKAGES
         and belongs(path.relative_to(root).as_posix())

@@ -58,6 +58,7 @@ from sb3_trust.common.validation import (
     check_schedule_value,
 )
 from sb3_trust.ppo.analytic import AnalyticPPO, MinibatchTerms, analytic_ppo
+from sb3_trust.ppo.fused import FusedPPO, load_kernels, warn_unavailable_once
 
 SelfTrustPPO = TypeVar("SelfTrustPPO", bound="TrustPPO")
 # π_old: its distribution parameters on the rollout (lean path) or a frozen copy of the policy (generic path)
@@ -333,6 +334,9 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         self._analytic: AnalyticPPO | None = None
         self._analytic_for: ActorCriticPolicy | None = None
         self._direct_adam: DirectAdam | None = None
+        # The fused kernels' minibatch step on the same policy (rebuilt lazily, never saved)
+        self._fused_update: FusedPPO | None = None
+        self._fused_update_for: ActorCriticPolicy | None = None
 
         if _init_setup_model:
             self._setup_model()
@@ -352,6 +356,7 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         self._fast_policy_for = None
         self._analytic = self._analytic_for = self._direct_adam = None
         self._fused = self._fused_for = None
+        self._fused_update = self._fused_update_for = None
 
     def _excluded_save_params(self) -> list[str]:
         return [
@@ -364,6 +369,8 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
             "_direct_adam",
             "_fused",
             "_fused_for",
+            "_fused_update",
+            "_fused_update_for",
             *REFERENCE_EXCLUDED_SAVE_PARAMS,
         ]
 
@@ -585,6 +592,35 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
             self._direct_adam = DirectAdam(self.policy.optimizer, parameters)
         return self._analytic
 
+    def _fused_path(
+        self, analytic: AnalyticPPO | None, parameters: list[th.Tensor], rollout: FlatRollout | None
+    ) -> tuple[FusedPPO, tuple[int, int, int]] | None:
+        """
+        :param analytic: the closed-form path of this update, if any
+        :param parameters: the policy's parameters
+        :param rollout: this update's rollout (lean path)
+        :return: the fused kernels' minibatch step and the rollout table's layout, prepared for this update, or ``None``
+            where they do not apply (see ``FusedPPO.supports``; the closed-form torch path is used)
+        """
+        if analytic is None or rollout is None or not FusedPPO.supports(analytic, parameters):
+            return None
+        kernels = load_kernels()
+        if kernels is None:
+            warn_unavailable_once()
+            return None
+        if (
+            self._fused_update_for is not self.policy
+            or self._fused_update is None
+            or self._fused_update.analytic is not analytic
+        ):
+            self._fused_update = FusedPPO(kernels, analytic, parameters)
+            self._fused_update_for = self.policy
+        layout = self._fused_update.layout(rollout)
+        if layout is None:
+            return None
+        self._fused_update.begin(self.policy.optimizer, rollout.n_samples if self.batch_size is None else self.batch_size)
+        return self._fused_update, layout
+
     def train(self) -> None:
         """
         Update policy using the currently gathered rollout buffer. Non-finite numbers and interruptions leave the
@@ -601,7 +637,13 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         :param parameters: the policy's parameters
         :param epoch: the epoch, for the message
         """
-        if terms.grads is None:
+        fused = self._fused_update
+        if fused is not None and terms.grads is fused.grads and fused.adam_bound:
+            # Clipping, the finiteness check and the Adam step in one call; nothing is changed if the check fails
+            if fused.adam.step(fused.grad, terms.loss, self.max_grad_norm):
+                return
+            grad_norm = fused.adam.norm
+        elif terms.grads is None:
             for parameter in parameters:  # optimizer.zero_grad() (set_to_none), without its profiler wrapper
                 parameter.grad = None
             terms.loss.backward()
@@ -625,6 +667,9 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         else:
             assert self._direct_adam is not None
             self._direct_adam.step(terms.grads)
+            if fused is not None and terms.grads is fused.grads and not fused.adam_bound and not fused.rebound:
+                # The first step of a fresh optimizer creates its state: the fused step can take over from here
+                fused.adam_bound, fused.rebound = fused.adam.bind(self.policy.optimizer), True
 
     def _prepare_update(
         self,
@@ -674,6 +719,7 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         rollout, old, reference, reference_coef = self._prepare_update()
         parameters = list(self.policy.parameters())
         analytic = self._analytic_path(parameters) if rollout is not None else None
+        fused = self._fused_path(analytic, parameters, rollout)
 
         stats: dict[str, list[th.Tensor]] = defaultdict(list)
         continue_training = True
@@ -690,20 +736,36 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
                     indices = rollout_data.indices
                     old_rows = (old[0][indices], old[1][indices]) if need_kl else None  # type: ignore[index]
                     reference_rows = (reference[0][indices], reference[1][indices]) if reference is not None else None  # type: ignore[index]
-                    terms = analytic.terms(
-                        rollout_data,
-                        self.policy_loss,
-                        clip_range,
-                        kl_coef,
-                        old_rows,
-                        clip_range_vf,
-                        self.vf_clip_mode,
-                        ent_coef,
-                        self.vf_coef,
-                        self.normalize_advantage,
-                        reference_rows,
-                        reference_coef,
-                    )
+                    if fused is not None:
+                        terms = fused[0].terms(
+                            rollout_data,
+                            fused[1],
+                            clip_range if self.policy_loss == "clip" else None,
+                            clip_range_vf,
+                            self.vf_clip_mode,
+                            ent_coef,
+                            self.vf_coef,
+                            self.normalize_advantage,
+                            old_rows,
+                            kl_coef,
+                            reference_rows,  # type: ignore[arg-type]
+                            reference_coef,
+                        )
+                    else:
+                        terms = analytic.terms(
+                            rollout_data,
+                            self.policy_loss,
+                            clip_range,
+                            kl_coef,
+                            old_rows,
+                            clip_range_vf,
+                            self.vf_clip_mode,
+                            ent_coef,
+                            self.vf_coef,
+                            self.normalize_advantage,
+                            reference_rows,
+                            reference_coef,
+                        )
                 else:
                     terms = self._autograd_terms(
                         rollout_data, old, need_kl, reference, reference_coef, clip_range, clip_range_vf, ent_coef, kl_coef

@@ -1,0 +1,458 @@
+"""
+TrustPPO's fused minibatch step: the closed-form loss and gradient of ``sb3_trust.ppo.analytic`` and SB3's optimizer
+step (gradient-norm clipping, then Adam) with every element-wise part in three C functions
+(``fused_kernels.c``), and the matrix products in torch.
+
+For a 64×64 MLP the closed-form path spends most of a minibatch on about a hundred small torch operations (the
+distribution, the log-likelihood, the ratio, the clipped surrogate, the value loss, their derivatives, the activation
+derivatives, the norm of the gradient, Adam), each costing a few microseconds of dispatch for a few hundred numbers.
+Here each of those groups is one call: ``ppo_head`` (loss terms and derivatives with respect to the actor's output,
+the critic's output and ``log_std``), ``activation_backward`` (tanh or ReLU, in place), and ``clip_adam_step``
+(``clip_grad_norm_`` and ``torch.optim.Adam.step()`` on all parameters at once, their gradients written by the
+products straight into one flat buffer).
+
+The formulas, and their order of floating-point operations per element, are those of the closed-form path; the sums
+are accumulated in double precision, so results differ from it (and from SB3 PPO) in the last bits, as the
+closed-form path's already do: ``tests/test_ppo_parity.py`` holds TrustPPO to SB3 PPO's parameters with this path
+enabled, and ``tests/test_ppo_fused.py`` compares each function with its torch counterpart.
+
+The C file is compiled on first use with the system's C compiler (``$CC``, else ``cc``/``gcc``) into a cache
+directory (``$SB3_TRUST_CACHE``, else ``$XDG_CACHE_HOME/sb3_trust`` or ``~/.cache/sb3_trust``), keyed by the source,
+the compiler and the CPU. Without a compiler (or with ``SB3_TRUST_NO_KERNELS=1``) TrustPPO uses the closed-form
+torch path and says so once (a ``UserWarning``).
+"""
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch as th
+from torch.optim import optimizer as torch_optimizer
+
+from sb3_trust.common.fast_fisher import ChainLayer, chain_forward
+from sb3_trust.common.fast_rollout import FlatRollout, Minibatch
+from sb3_trust.ppo.analytic import AnalyticPPO, MinibatchTerms
+
+SOURCE = Path(__file__).with_name("fused_kernels.c")
+FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fPIC", "-shared")
+# Largest action dimension of a diagonal Gaussian the head kernel takes (its per-dimension arrays are on the stack)
+MAX_GAUSSIAN_DIM = 64
+# Indices of the scalars ppo_head writes
+POLICY_LOSS, VALUE_LOSS, ENTROPY_LOSS, LOSS, VALUE_CLIP_FRACTION, N_SCALARS = range(6)
+
+# The C functions' signatures: result, then arguments; p = pointer, i = int64, n = int, d = double, f = float
+_TYPES = {"p": ctypes.c_void_p, "i": ctypes.c_int64, "n": ctypes.c_int, "d": ctypes.c_double, "f": ctypes.c_float, "-": None}
+_SIGNATURES = {
+    "activation_backward": "- ppin",
+    "ppo_head": "- iinppppiiidndnddppdppdpppppp",
+    "clip_adam_step": "n ippppppdfdddddnp",
+}
+_POINTER, _I64 = ctypes.c_void_p, ctypes.c_int64
+
+_kernels: ctypes.CDLL | None = None
+_kernels_error: str | None = None
+_warned = False
+
+
+def _cache_dir() -> Path:
+    """:return: where compiled kernels are kept"""
+    if os.environ.get("SB3_TRUST_CACHE"):
+        return Path(os.environ["SB3_TRUST_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "sb3_trust"
+
+
+def _cpu_signature() -> str:
+    """:return: a description of the CPU (``-march=native`` code runs only on the CPU it was compiled for)"""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            lines = [line for line in cpuinfo if line.startswith(("model name", "flags"))]
+        return "".join(sorted(set(lines)))
+    except OSError:
+        return platform.processor() + platform.machine()
+
+
+def _compile(compiler: str, target: Path) -> None:
+    """
+    Compile ``SOURCE`` into ``target`` atomically (a temporary file renamed), so that concurrent processes never load a
+    partly written library.
+
+    :param compiler: the C compiler
+    :param target: the shared library to write
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(descriptor)
+    try:
+        subprocess.run([compiler, *FLAGS, "-o", temporary, str(SOURCE), "-lm"], check=True, capture_output=True, timeout=120)
+        os.replace(temporary, target)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+
+
+def load_kernels() -> ctypes.CDLL | None:
+    """
+    :return: the compiled kernels (compiled on first use and cached), or ``None`` if they cannot be had (no compiler,
+        a failed compilation, ``SB3_TRUST_NO_KERNELS=1``); ``kernels_unavailable_reason()`` then says why
+    """
+    global _kernels, _kernels_error
+    if _kernels is not None or _kernels_error is not None:
+        return _kernels
+    if os.environ.get("SB3_TRUST_NO_KERNELS", "") not in ("", "0"):
+        _kernels_error = "SB3_TRUST_NO_KERNELS is set"
+        return None
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None or not sys.platform.startswith("linux"):
+        _kernels_error = "no C compiler found (set CC)" if compiler is None else f"platform {sys.platform} (Linux only)"
+        return None
+    try:
+        version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
+        key = hashlib.sha256(
+            b"\0".join(part.encode() for part in (SOURCE.read_text(), compiler, version, " ".join(FLAGS), _cpu_signature()))
+        ).hexdigest()[:16]
+        target = _cache_dir() / f"fused_kernels-{key}.so"
+        if not target.exists():
+            _compile(compiler, target)
+        library = ctypes.CDLL(str(target))
+        for name, signature in _SIGNATURES.items():
+            result, arguments = signature.split()
+            function = getattr(library, name)
+            function.restype = _TYPES[result]
+            function.argtypes = [_TYPES[code] for code in arguments]
+    except (OSError, subprocess.SubprocessError, AttributeError) as error:
+        details = getattr(error, "stderr", b"") or b""
+        _kernels_error = f"compiling {SOURCE.name} failed: {error} {details.decode(errors='replace')[-500:]}"
+        return None
+    _kernels = library
+    return _kernels
+
+
+def kernels_unavailable_reason() -> str | None:
+    """:return: why ``load_kernels()`` returned ``None`` (``None`` if it did not, or was not called)"""
+    return _kernels_error
+
+
+def warn_unavailable_once() -> None:
+    """Say once per process that TrustPPO falls back to the slower closed-form torch path, and why."""
+    global _warned
+    if not _warned and _kernels_error is not None and "SB3_TRUST_NO_KERNELS" not in _kernels_error:
+        _warned = True
+        warnings.warn(
+            f"sb3_trust: fused PPO kernels unavailable ({_kernels_error}); using the slower torch path", stacklevel=3
+        )
+
+
+def chain_vjp_into(kernels: ctypes.CDLL, chain: Sequence[ChainLayer], cache: Sequence[th.Tensor], grad: th.Tensor,
+                   out: Sequence[th.Tensor]) -> None:  # fmt: skip
+    """
+    ``sb3_trust.common.fast_fisher.chain_vjp`` writing the gradients into ``out`` (the same products; the activation
+    derivatives by ``activation_backward``, in place on the intermediate gradients). The weight gradients of the
+    hidden layers, ``grad.T @ input`` with the batch as the inner dimension, are computed by NumPy's BLAS, which is
+    faster than ``th.mm`` for them on one CPU thread (up to 2.5 times for a layer with a few inputs, measured here);
+    the head's by ``th.mm``, faster for its few outputs.
+
+    :param kernels: the compiled kernels
+    :param chain: the chain
+    :param cache: filled by ``chain_forward`` (contiguous activation outputs)
+    :param grad: d loss / d output [batch, out_features]
+    :param out: the gradients' destinations, in the order of ``chain_parameters``
+    """
+    k = len(out)
+    last = len(chain) - 1
+    first_linear = next(i for i, layer in enumerate(chain) if not isinstance(layer, str))
+    for i in range(last, first_linear - 1, -1):
+        layer, saved = chain[i], cache[i]
+        if isinstance(layer, str):
+            kernels.activation_backward(grad.data_ptr(), saved.data_ptr(), grad.numel(), layer == "relu")
+            continue
+        weight, bias = layer
+        if bias is not None:
+            k -= 1
+            th.sum(grad, 0, out=out[k])
+        k -= 1
+        if i == last:
+            th.mm(grad.t(), saved, out=out[k])
+        else:
+            np.matmul(grad.numpy().T, saved.numpy(), out=out[k].numpy())
+        if i > first_linear:
+            grad = grad.mm(weight)
+
+
+def _pointers(params: tuple[th.Tensor, th.Tensor] | None) -> tuple[int | None, int | None]:
+    """
+    :param params: a distribution's parameters on the minibatch ([n, k] each), or ``None``
+    :return: their data pointers (the rows gathered for a minibatch are contiguous float32 tensors)
+    """
+    if params is None:
+        return None, None
+    first, second = params
+    assert first.is_contiguous() and second.is_contiguous() and first.dtype == second.dtype == th.float32
+    return first.data_ptr(), second.data_ptr()
+
+
+class FusedAdam:
+    """
+    ``clip_grad_norm_`` then ``optimizer.step()`` for a ``th.optim.Adam`` with one parameter group, by ``clip_adam_step``
+    on the optimizer's own state tensors. ``bind`` reads them (call it at every update: ``load()``,
+    ``set_parameters()`` and the restore after a failed update replace them); it returns ``False`` when the optimizer
+    cannot be bypassed (another optimizer, hooks, a replaced ``step``, several groups, amsgrad, AdamW, a tensor
+    learning rate, or the state not created yet).
+
+    :param kernels: the compiled kernels
+    :param parameters: the parameters, in the order of their gradients in the flat buffer
+    """
+
+    def __init__(self, kernels: ctypes.CDLL, parameters: Sequence[th.Tensor]):
+        self.kernels = kernels
+        self.parameters = list(parameters)
+        self.sizes = (_I64 * len(self.parameters))(*(param.numel() for param in self.parameters))
+        self._tensors: list[th.Tensor] = []  # what the pointers point to, kept alive while bound
+        self._pointers: tuple[Any, ...] = ()
+        self._hyperparameters: tuple[float, ...] = ()
+        self.norm = th.zeros(())
+
+    def bind(self, optimizer: th.optim.Optimizer) -> bool:
+        """
+        :param optimizer: the policy's optimizer
+        :return: whether ``step`` may be used until the next ``bind``
+        """
+        self._tensors, self._pointers = [], ()
+        if (
+            type(optimizer) is not th.optim.Adam
+            or "step" in vars(optimizer)
+            or optimizer._optimizer_step_pre_hooks
+            or optimizer._optimizer_step_post_hooks
+            or torch_optimizer._global_optimizer_pre_hooks
+            or torch_optimizer._global_optimizer_post_hooks
+            or len(optimizer.param_groups) != 1
+        ):
+            return False
+        group = optimizer.param_groups[0]
+        if (
+            group["amsgrad"]
+            or group.get("decoupled_weight_decay")
+            or group.get("differentiable")
+            or group.get("capturable")
+            or not all(isinstance(group[name], float | int) for name in ("lr", "eps", "weight_decay"))
+            or {id(param) for param in group["params"]} != {id(param) for param in self.parameters}
+        ):
+            return False
+        lists: list[list[th.Tensor]] = [[], [], [], []]
+        for param in self.parameters:
+            state = optimizer.state.get(param, {})
+            tensors = [param, state.get("exp_avg"), state.get("exp_avg_sq"), state.get("step")]
+            for tensor in tensors:
+                if not (
+                    isinstance(tensor, th.Tensor)
+                    and tensor.dtype == th.float32
+                    and tensor.device.type == "cpu"
+                    and tensor.is_contiguous()
+                ):
+                    return False
+            if tensors[3].numel() != 1 or tensors[1].shape != param.shape or tensors[2].shape != param.shape:  # type: ignore[union-attr]
+                return False
+            for destination, tensor in zip(lists, tensors, strict=True):
+                destination.append(tensor)  # type: ignore[arg-type]
+        n = len(self.parameters)
+        self._pointers = tuple((_POINTER * n)(*(tensor.data_ptr() for tensor in tensors)) for tensors in lists)
+        self._tensors = [tensor for tensors in lists for tensor in tensors]
+        beta1, beta2 = group["betas"]
+        self._hyperparameters = (
+            float(group["lr"]),
+            float(beta1),
+            float(beta2),
+            float(group["eps"]),
+            float(group["weight_decay"]),
+        )
+        self._maximize = bool(group["maximize"])
+        return True
+
+    def step(self, grad: th.Tensor, loss: th.Tensor, max_norm: float) -> bool:
+        """
+        Clip the gradient's norm to ``max_norm`` and take the Adam step, unless ``loss + norm`` is not finite.
+
+        :param grad: the flat gradient (the parameters' gradients one after the other), scaled in place
+        :param loss: the minibatch's loss (scalar)
+        :param max_norm: SB3's ``max_grad_norm``
+        :return: whether the step was taken; the gradient's norm before clipping is in ``self.norm``
+        """
+        lr, beta1, beta2, eps, weight_decay = self._hyperparameters
+        params, exp_avgs, exp_avg_sqs, steps = self._pointers
+        failed = self.kernels.clip_adam_step(
+            len(self.parameters),
+            params,
+            exp_avgs,
+            exp_avg_sqs,
+            steps,
+            self.sizes,
+            grad.data_ptr(),
+            max_norm,
+            float(loss),
+            lr,
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+            self._maximize,
+            self.norm.data_ptr(),
+        )
+        return not failed
+
+
+class FusedPPO:
+    """
+    One TrustPPO minibatch by the fused kernels: ``terms`` (forward products in torch, ``ppo_head``, backward products
+    written into one flat gradient) and the optimizer step (``FusedAdam``, or, when the optimizer cannot be bypassed,
+    the closed-form path's clipping and ``DirectAdam`` on the same gradient).
+
+    :param kernels: the compiled kernels
+    :param analytic: the closed-form path of the same policy (its chains, positions and distribution)
+    :param parameters: the policy's parameters (the order of the flat gradient)
+    """
+
+    def __init__(self, kernels: ctypes.CDLL, analytic: AnalyticPPO, parameters: Sequence[th.Tensor]):
+        self.kernels = kernels
+        self.analytic = analytic
+        self.parameters = list(parameters)
+        self.grad = th.zeros(sum(param.numel() for param in self.parameters))
+        self.grads = [
+            flat.view_as(param)
+            for flat, param in zip(self.grad.split([param.numel() for param in self.parameters]), self.parameters, strict=True)
+        ]
+        self.actor_grads = [self.grads[i] for i in analytic._actor_positions]
+        self.critic_grads = [self.grads[i] for i in analytic._critic_positions]
+        self.log_std_grad = None if analytic._log_std_position is None else self.grads[analytic._log_std_position]
+        self.adam = FusedAdam(kernels, self.parameters)
+        self.adam_bound = self.rebound = False
+        self._head_buffers: tuple[th.Tensor, th.Tensor] | None = None
+
+    @staticmethod
+    def supports(analytic: AnalyticPPO, parameters: Sequence[th.Tensor]) -> bool:
+        """
+        :param analytic: the closed-form path
+        :param parameters: the policy's parameters
+        :return: whether the fused kernels compute this policy's loss (float32 parameters on the CPU, at most
+            ``MAX_GAUSSIAN_DIM`` Gaussian action dimensions); every ``policy_loss`` and the reference KL are supported
+        """
+        if not all(param.dtype == th.float32 and param.device.type == "cpu" and param.is_contiguous() for param in parameters):
+            return False
+        head = analytic.actor[-1]
+        assert not isinstance(head, str)
+        return analytic.is_categorical or head[0].shape[0] <= MAX_GAUSSIAN_DIM
+
+    def layout(self, rollout: FlatRollout) -> tuple[int, int, int] | None:
+        """
+        :param rollout: this update's rollout
+        :return: (table width, first action column, first column of old values / old log-probs / advantages /
+            returns) of its minibatch table, or ``None`` if its minibatches are not rows of one float32 table
+        """
+        if not rollout.same_dtype:
+            return None
+        widths = rollout.splits
+        return sum(widths), widths[0], widths[0] + widths[1]
+
+    def begin(self, optimizer: th.optim.Optimizer, batch_size: int) -> None:
+        """
+        Prepare an update: bind the optimizer's state, size the head's buffers.
+
+        :param optimizer: the policy's optimizer
+        :param batch_size: the largest minibatch
+        """
+        self.adam_bound = self.adam.bind(optimizer)
+        self.rebound = False  # whether bind was tried again after a step of the closed-form path
+        head = self.analytic.actor[-1]
+        assert not isinstance(head, str)
+        k = head[0].shape[0]
+        if self._head_buffers is None or self._head_buffers[0].shape[0] < batch_size:
+            self._head_buffers = (th.empty(batch_size, k), th.empty(batch_size, 1))
+
+    @th.no_grad()
+    def terms(
+        self,
+        batch: Minibatch,
+        layout: tuple[int, int, int],
+        clip_range: float | None,
+        clip_range_vf: float | None,
+        vf_clip_mode: str,
+        ent_coef: float,
+        vf_coef: float,
+        normalize_advantage: bool,
+        old: tuple[th.Tensor, th.Tensor] | None = None,
+        kl_coef: float = 0.0,
+        reference: tuple[th.Tensor, th.Tensor] | None = None,
+        reference_coef: float = 0.0,
+    ) -> MinibatchTerms:
+        """
+        :param batch: the minibatch (rows of the rollout's table, see ``layout``)
+        :param layout: ``layout(rollout)``
+        :param clip_range: ε, or ``None`` for the unclipped surrogate
+        :param clip_range_vf: ε_v or ``None``
+        :param vf_clip_mode: ``"sb3"`` or ``"max"``
+        :param ent_coef: entropy coefficient
+        :param vf_coef: value-loss coefficient
+        :param normalize_advantage: normalise the advantages over the minibatch
+        :param old: π_old's parameters on the minibatch, for the KL penalty ``kl_coef · mean(KL(π_old ‖ π))`` added to
+            the policy loss (``policy_loss="kl_penalty"``), or ``None``
+        :param kl_coef: β of the KL penalty
+        :param reference: π_ref's parameters on the minibatch, for the term ``reference_coef · mean(KL(π ‖ π_ref))``
+            (the loss placement of the reference KL), or ``None``
+        :param reference_coef: β of the reference KL
+        :return: the terms; the gradient is in ``self.grad`` (``grads`` are its per-parameter views)
+        """
+        analytic = self.analytic
+        observations = batch.observations
+        n = observations.shape[0]
+        width, action_column, value_column = layout
+        # the minibatch's first column: its data pointer is that of the rows (one row has any stride)
+        assert (n == 1 or observations.stride(0) == width) and observations.dtype == th.float32
+        actor_cache: list[th.Tensor] = []
+        critic_cache: list[th.Tensor] = []
+        out = chain_forward(analytic.actor, observations, actor_cache, analytic.numpy_tanh)
+        values = chain_forward(analytic.critic, observations, critic_cache, analytic.numpy_tanh)
+        assert self._head_buffers is not None
+        grad_out, grad_values = self._head_buffers[0][:n], self._head_buffers[1][:n]
+        ratio, log_ratio, scalars = th.empty(n), th.empty(n), th.empty(N_SCALARS)
+        log_std = analytic.log_std
+        self.kernels.ppo_head(
+            n,
+            out.shape[1],
+            analytic.is_categorical,
+            out.data_ptr(),
+            None if log_std is None else log_std.data_ptr(),
+            values.data_ptr(),
+            observations.data_ptr(),
+            width,
+            action_column,
+            value_column,
+            -1.0 if clip_range is None else clip_range,
+            normalize_advantage,
+            -1.0 if clip_range_vf is None else clip_range_vf,
+            vf_clip_mode == "max",
+            ent_coef,
+            vf_coef,
+            *_pointers(old),
+            kl_coef,
+            *_pointers(reference),
+            reference_coef,
+            grad_out.data_ptr(),
+            grad_values.data_ptr(),
+            None if self.log_std_grad is None else self.log_std_grad.data_ptr(),
+            ratio.data_ptr(),
+            log_ratio.data_ptr(),
+            scalars.data_ptr(),
+        )
+        chain_vjp_into(self.kernels, analytic.actor, actor_cache, grad_out, self.actor_grads)
+        chain_vjp_into(self.kernels, analytic.critic, critic_cache, grad_values, self.critic_grads)
+        policy_loss, value_loss, entropy_loss, loss, value_clip_fraction = scalars.unbind()
+        return MinibatchTerms(loss, policy_loss, value_loss, entropy_loss, ratio, log_ratio, value_clip_fraction, self.grads)
