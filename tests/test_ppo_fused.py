@@ -1,0 +1,244 @@
+"""
+TrustPPO's fused kernels (sb3_trust/ppo/fused.py, fused_kernels.c): each against its torch counterpart on the same
+data (the closed-form path, itself checked against autograd in test_ppo_analytic.py; torch's clip_grad_norm_ and Adam),
+the fallback without a compiler, and that the default MlpPolicy really trains through them (so that the parity tests
+against SB3 PPO cover this path).
+"""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch as th
+from torch.nn import functional as F
+
+import sb3_trust.ppo.fused as fused_module
+from sb3_trust import TrustPPO
+from sb3_trust.common.fast_rollout import FlatRollout
+from sb3_trust.ppo.analytic import analytic_ppo
+from sb3_trust.ppo.fused import FusedAdam, FusedPPO, load_kernels
+
+
+@pytest.fixture
+def kernels():
+    library = load_kernels()
+    assert library is not None, fused_module.kernels_unavailable_reason()
+    return library
+
+
+@pytest.fixture
+def fresh_loader(monkeypatch):
+    """Forget the loaded kernels (restored afterwards), so that load_kernels() runs again."""
+    monkeypatch.setattr(fused_module, "_kernels", None)
+    monkeypatch.setattr(fused_module, "_kernels_error", None)
+    monkeypatch.setattr(fused_module, "_warned", False)
+
+
+VARIANTS = {
+    "clip": dict(policy_loss="clip"),
+    "clip-ent-vf-clip": dict(policy_loss="clip", ent_coef=0.05, clip_range_vf=0.05),
+    "clip-vf-max-no-adv-norm": dict(policy_loss="clip", clip_range_vf=0.05, vf_clip_mode="max", normalize_advantage=False),
+    "unclipped": dict(policy_loss="unclipped", ent_coef=0.01),
+    "kl-penalty": dict(policy_loss="kl_penalty", kl_coef=0.7, ent_coef=0.01),
+}
+
+
+def _perturb(model: TrustPPO, scale: float = 0.3) -> None:
+    generator = th.Generator().manual_seed(1)
+    with th.no_grad():
+        for param in model.policy.parameters():
+            param.add_(scale * th.randn(param.shape, generator=generator))
+
+
+def _reference_rows(params: tuple[th.Tensor, th.Tensor], is_categorical: bool) -> tuple[th.Tensor, th.Tensor]:
+    """A different distribution on the same rows: π_ref's parameters in the lean path's form."""
+    generator = th.Generator().manual_seed(2)
+    first = params[0] + 0.5 * th.randn(params[0].shape, generator=generator)
+    if is_categorical:
+        logits = F.log_softmax(first, dim=-1)
+        return logits, logits.exp()
+    return first, params[1] * th.exp(0.3 * th.randn(params[1].shape, generator=generator))
+
+
+@pytest.mark.parametrize("with_reference", [False, True], ids=["", "reference-kl"])
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
+def test_minibatch_terms_match_closed_form_path(kernels, env_id, variant, with_reference):
+    settings = VARIANTS[variant]
+    model = TrustPPO("MlpPolicy", env_id, n_steps=64, batch_size=48, seed=0, device="cpu", **settings)
+    model.learn(64)  # one rollout in the buffer
+    fast = model._fast_path()
+    rollout = FlatRollout(model.rollout_buffer, model.device)
+    old = model._old_distribution_params(fast, rollout)
+    _perturb(model)  # π ≠ π_old: the ratio, the clipping and the KL terms are not trivial
+    parameters = list(model.policy.parameters())
+    analytic = analytic_ppo(fast, parameters)
+    fused = FusedPPO(kernels, analytic, parameters)
+    fused.begin(model.policy.optimizer, 48)
+    batch = next(rollout.minibatches(48))
+    old_rows = (old[0][batch.indices], old[1][batch.indices]) if settings["policy_loss"] == "kl_penalty" else None
+    reference = _reference_rows(fast.distribution_params(fast.latent(batch.observations)[0]), fast.is_categorical)
+    reference_rows = reference if with_reference else None
+    common = dict(
+        clip_range_vf=settings.get("clip_range_vf"),
+        vf_clip_mode=settings.get("vf_clip_mode", "sb3"),
+        ent_coef=settings.get("ent_coef", 0.0),
+        vf_coef=0.5,
+        normalize_advantage=settings.get("normalize_advantage", True),
+    )
+    expected = analytic.terms(
+        batch, settings["policy_loss"], 0.2, 0.7, old_rows, **common, reference=reference_rows, reference_coef=0.4
+    )
+    clip_range = 0.2 if settings["policy_loss"] == "clip" else None
+    got = fused.terms(batch, fused.layout(rollout), clip_range, **common, old=old_rows, kl_coef=0.7,
+                      reference=reference_rows, reference_coef=0.4)  # fmt: skip
+    for name in ("loss", "policy_loss", "value_loss", "entropy_loss", "value_clip_fraction", "ratio", "log_ratio"):
+        th.testing.assert_close(getattr(got, name), getattr(expected, name), rtol=2e-5, atol=1e-6, msg=name)
+    assert expected.grads is not None and got.grads is not None
+    for position, (ours, theirs) in enumerate(zip(got.grads, expected.grads, strict=True)):
+        th.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6, msg=f"gradient {position}")
+    # not vacuous: some samples are clipped (clip variants), the penalties contribute
+    if clip_range is not None:
+        assert ((got.ratio - 1).abs() > 0.2).any()
+    if old_rows is not None or with_reference:
+        assert float(got.loss) != pytest.approx(float(got.value_loss) * 0.5 + float(got.entropy_loss) * common["ent_coef"])
+
+
+def _adam_problem(n_tensors: int = 3):
+    generator = th.Generator().manual_seed(0)
+    shapes = [(7, 5), (5,), (3, 7)][:n_tensors]
+    params = [th.randn(shape, generator=generator) for shape in shapes]
+    grads = [[th.randn(shape, generator=generator) for shape in shapes] for _ in range(4)]
+    return params, grads
+
+
+@pytest.mark.parametrize(
+    "options",
+    [dict(eps=1e-5), dict(eps=1e-8, weight_decay=0.1), dict(eps=1e-5, maximize=True), dict(eps=1e-5, betas=(0.5, 0.9))],
+)
+@pytest.mark.parametrize("max_norm", [0.5, 1e6])
+def test_clip_adam_step_matches_torch(kernels, options, max_norm):
+    """clip_grad_norm_ then th.optim.Adam.step(), four steps (the first creates the optimizer's state)."""
+    params, grads = _adam_problem()
+    reference = [param.clone().requires_grad_() for param in params]
+    ours = [param.clone().requires_grad_() for param in params]
+    reference_optimizer = th.optim.Adam(reference, lr=0.01, foreach=False, **options)
+    our_optimizer = th.optim.Adam(ours, lr=0.01, **options)
+    adam = FusedAdam(kernels, ours)
+    for step, step_grads in enumerate(grads):
+        for param, grad in zip(reference, step_grads, strict=True):
+            param.grad = grad.clone()
+        expected_norm = th.nn.utils.clip_grad_norm_(reference, max_norm)
+        reference_optimizer.step()
+        if step == 0:  # the optimizer's state does not exist yet: the caller steps through torch once
+            assert not adam.bind(our_optimizer)
+            for param, grad in zip(ours, step_grads, strict=True):
+                param.grad = grad.clone()
+            th.nn.utils.clip_grad_norm_(ours, max_norm)
+            our_optimizer.step()
+            continue
+        assert adam.bind(our_optimizer)
+        flat = th.cat([grad.flatten() for grad in step_grads])
+        assert adam.step(flat, th.tensor(1.5), max_norm)
+        th.testing.assert_close(adam.norm, expected_norm, rtol=1e-6, atol=0)
+    for param, expected in zip(ours, reference, strict=True):
+        th.testing.assert_close(param, expected, rtol=1e-6, atol=1e-7)
+    for param, expected in zip(ours, reference, strict=True):
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            th.testing.assert_close(our_optimizer.state[param][key], reference_optimizer.state[expected][key])
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("where", ["loss", "gradient"])
+def test_clip_adam_step_changes_nothing_when_not_finite(kernels, bad, where):
+    params, grads = _adam_problem()
+    ours = [param.clone().requires_grad_() for param in params]
+    optimizer = th.optim.Adam(ours, lr=0.01)
+    for param, grad in zip(ours, grads[0], strict=True):
+        param.grad = grad.clone()
+    optimizer.step()  # creates the state
+    adam = FusedAdam(kernels, ours)
+    assert adam.bind(optimizer)
+    before = [param.detach().clone() for param in ours]
+    state_before = {key: [optimizer.state[param][key].clone() for param in ours] for key in ("exp_avg", "exp_avg_sq", "step")}
+    flat = th.cat([grad.flatten() for grad in grads[1]])
+    if where == "gradient":
+        flat[3] = bad
+    assert not adam.step(flat, th.tensor(bad if where == "loss" else 1.0), 0.5)
+    assert not th.isfinite(adam.norm + (bad if where == "loss" else 0.0))
+    for param, value in zip(ours, before, strict=True):
+        assert th.equal(param.detach(), value)
+    for key, values in state_before.items():
+        for param, value in zip(ours, values, strict=True):
+            assert th.equal(optimizer.state[param][key], value)
+
+
+def test_bind_refuses_what_it_does_not_implement(kernels):
+    params, _ = _adam_problem()
+    for optimizer in [
+        th.optim.Adam(params, lr=0.01, amsgrad=True),
+        th.optim.AdamW(params, lr=0.01),
+        th.optim.SGD(params, lr=0.01),
+        th.optim.Adam([{"params": params[:1]}, {"params": params[1:]}], lr=0.01),
+    ]:
+        for param in params:
+            param.grad = th.ones_like(param)
+        optimizer.step()
+        assert not FusedAdam(kernels, params).bind(optimizer), type(optimizer).__name__
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_activation_backward(kernels, activation):
+    generator = th.Generator().manual_seed(0)
+    pre = th.randn(37, 11, generator=generator)
+    pre[0, :3] = 0.0  # ReLU at its kink: no gradient, as torch
+    y = th.tanh(pre) if activation == "tanh" else th.relu(pre)
+    grad = th.randn(37, 11, generator=generator)
+    if activation == "tanh":
+        expected = th.ops.aten.tanh_backward(grad, y)
+    else:
+        expected = th.ops.aten.threshold_backward(grad, y, 0)
+    ours = grad.clone()
+    kernels.activation_backward(ours.data_ptr(), y.data_ptr(), ours.numel(), activation == "relu")
+    th.testing.assert_close(ours, expected, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
+def test_default_policy_trains_through_the_fused_kernels(env_id):
+    model = TrustPPO("MlpPolicy", env_id, n_steps=64, batch_size=32, n_epochs=2, seed=0, device="cpu").learn(128)
+    assert model._fused_update is not None and model._fused_update.adam_bound
+
+
+def test_falls_back_with_one_warning_without_a_compiler(fresh_loader, monkeypatch):
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    monkeypatch.delenv("SB3_TRUST_NO_KERNELS", raising=False)
+    with pytest.warns(UserWarning, match="fused PPO kernels unavailable") as record:
+        first = TrustPPO("MlpPolicy", "CartPole-v1", n_steps=64, batch_size=32, n_epochs=2, seed=0).learn(128)
+        TrustPPO("MlpPolicy", "CartPole-v1", n_steps=64, batch_size=32, n_epochs=2, seed=0).learn(128)
+    assert sum("fused PPO kernels" in str(warning.message) for warning in record) == 1
+    assert first._fused_update is None  # the closed-form torch path trained it
+    assert all(th.isfinite(param).all() for param in first.policy.parameters())
+
+
+def test_no_kernels_switch_is_silent(fresh_loader, monkeypatch):
+    monkeypatch.setenv("SB3_TRUST_NO_KERNELS", "1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = TrustPPO("MlpPolicy", "CartPole-v1", n_steps=64, batch_size=32, n_epochs=2, seed=0).learn(128)
+    assert model._fused_update is None
+
+
+def test_compiles_into_the_cache_directory(fresh_loader, monkeypatch, tmp_path):
+    monkeypatch.setenv("SB3_TRUST_CACHE", str(tmp_path))
+    monkeypatch.delenv("SB3_TRUST_NO_KERNELS", raising=False)
+    monkeypatch.delenv("CC", raising=False)
+    library = load_kernels()
+    assert library is not None, fused_module.kernels_unavailable_reason()
+    compiled = list(tmp_path.glob("fused_kernels-*.so"))
+    assert len(compiled) == 1
+    # a second process (here: a second load) finds it and does not compile again
+    mtime = compiled[0].stat().st_mtime_ns
+    monkeypatch.setattr(fused_module, "_kernels", None)
+    assert load_kernels() is not None
+    assert compiled[0].stat().st_mtime_ns == mtime
+    assert np.isfinite(mtime)
