@@ -74,8 +74,12 @@ def test_minibatch_terms_match_closed_form_path(kernels, env_id, variant, with_r
     parameters = list(model.policy.parameters())
     analytic = analytic_ppo(fast, parameters)
     fused = FusedPPO(kernels, analytic, parameters)
-    fused.begin(model.policy.optimizer, 48)
+    assert fused.begin(model.policy.optimizer, rollout, 48)
+    np.random.seed(5)
     batch = next(rollout.minibatches(48))
+    np.random.seed(5)
+    rows = next(fused.minibatches(rollout, 48))
+    assert th.equal(rows.indices, batch.indices)  # the same draws: the same minibatch
     old_rows = (old[0][batch.indices], old[1][batch.indices]) if settings["policy_loss"] == "kl_penalty" else None
     reference = _reference_rows(fast.distribution_params(fast.latent(batch.observations)[0]), fast.is_categorical)
     reference_rows = reference if with_reference else None
@@ -90,8 +94,7 @@ def test_minibatch_terms_match_closed_form_path(kernels, env_id, variant, with_r
         batch, settings["policy_loss"], 0.2, 0.7, old_rows, **common, reference=reference_rows, reference_coef=0.4
     )
     clip_range = 0.2 if settings["policy_loss"] == "clip" else None
-    got = fused.terms(batch, fused.layout(rollout), clip_range, **common, old=old_rows, kl_coef=0.7,
-                      reference=reference_rows, reference_coef=0.4)  # fmt: skip
+    got = fused.terms(rows, clip_range, **common, old=old_rows, kl_coef=0.7, reference=reference_rows, reference_coef=0.4)
     for name in ("loss", "policy_loss", "value_loss", "entropy_loss", "value_clip_fraction", "ratio", "log_ratio"):
         th.testing.assert_close(getattr(got, name), getattr(expected, name), rtol=2e-5, atol=1e-6, msg=name)
     assert expected.grads is not None and got.grads is not None

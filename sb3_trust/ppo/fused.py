@@ -31,16 +31,16 @@ import subprocess
 import sys
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch as th
 from torch.optim import optimizer as torch_optimizer
 
 from sb3_trust.common.fast_fisher import ChainLayer, chain_forward
-from sb3_trust.common.fast_rollout import FlatRollout, Minibatch
+from sb3_trust.common.fast_rollout import FlatRollout
 from sb3_trust.ppo.analytic import AnalyticPPO, MinibatchTerms
 
 SOURCE = Path(__file__).with_name("fused_kernels.c")
@@ -157,10 +157,11 @@ def chain_vjp_into(kernels: ctypes.CDLL, chain: Sequence[ChainLayer], cache: Seq
                    out: Sequence[th.Tensor]) -> None:  # fmt: skip
     """
     ``sb3_trust.common.fast_fisher.chain_vjp`` writing the gradients into ``out`` (the same products; the activation
-    derivatives by ``activation_backward``, in place on the intermediate gradients). The weight gradients of the
-    hidden layers, ``grad.T @ input`` with the batch as the inner dimension, are computed by NumPy's BLAS, which is
-    faster than ``th.mm`` for them on one CPU thread (up to 2.5 times for a layer with a few inputs, measured here);
-    the head's by ``th.mm``, faster for its few outputs.
+    derivatives by ``activation_backward``, in place on the intermediate gradients). The products of the hidden
+    layers (the weight gradient ``grad.T @ input``, with the batch as the inner dimension, and the input gradient) are
+    computed by NumPy's BLAS, which is faster than ``th.mm`` for them on one CPU thread (10-15 %, and 2.5 times for
+    the weight gradient of a layer with a few inputs, measured here); the head's by ``th.mm``, faster for its few
+    outputs.
 
     :param kernels: the compiled kernels
     :param chain: the chain
@@ -183,10 +184,12 @@ def chain_vjp_into(kernels: ctypes.CDLL, chain: Sequence[ChainLayer], cache: Seq
         k -= 1
         if i == last:
             th.mm(grad.t(), saved, out=out[k])
-        else:
-            np.matmul(grad.numpy().T, saved.numpy(), out=out[k].numpy())
+            if i > first_linear:
+                grad = grad.mm(weight)
+            continue
+        np.matmul(grad.numpy().T, saved.numpy(), out=out[k].numpy())
         if i > first_linear:
-            grad = grad.mm(weight)
+            grad = th.from_numpy(np.matmul(grad.numpy(), weight.detach().numpy()))
 
 
 def _pointers(params: tuple[th.Tensor, th.Tensor] | None) -> tuple[int | None, int | None]:
@@ -199,6 +202,13 @@ def _pointers(params: tuple[th.Tensor, th.Tensor] | None) -> tuple[int | None, i
     first, second = params
     assert first.is_contiguous() and second.is_contiguous() and first.dtype == second.dtype == th.float32
     return first.data_ptr(), second.data_ptr()
+
+
+class FusedMinibatch(NamedTuple):
+    """A minibatch as rows of the rollout's table (``FlatRollout.table``), and their indices in the rollout."""
+
+    rows: th.Tensor
+    indices: th.Tensor
 
 
 class FusedAdam:
@@ -351,37 +361,50 @@ class FusedPPO:
         assert not isinstance(head, str)
         return analytic.is_categorical or head[0].shape[0] <= MAX_GAUSSIAN_DIM
 
-    def layout(self, rollout: FlatRollout) -> tuple[int, int, int] | None:
+    def begin(self, optimizer: th.optim.Optimizer, rollout: FlatRollout, batch_size: int | None) -> bool:
         """
-        :param rollout: this update's rollout
-        :return: (table width, first action column, first column of old values / old log-probs / advantages /
-            returns) of its minibatch table, or ``None`` if its minibatches are not rows of one float32 table
-        """
-        if not rollout.same_dtype:
-            return None
-        widths = rollout.splits
-        return sum(widths), widths[0], widths[0] + widths[1]
-
-    def begin(self, optimizer: th.optim.Optimizer, batch_size: int) -> None:
-        """
-        Prepare an update: bind the optimizer's state, size the head's buffers.
+        Prepare an update: read the rollout table's layout, bind the optimizer's state, size the head's buffers.
 
         :param optimizer: the policy's optimizer
-        :param batch_size: the largest minibatch
+        :param rollout: this update's rollout
+        :param batch_size: the minibatch size (``None``: the whole rollout)
+        :return: whether the update can go through ``minibatches`` and ``terms`` (its rollout is one float32 table)
         """
+        if not rollout.same_dtype:
+            return False
+        widths = rollout.splits
+        # (table width, first action column, first of the columns old values / old log-probs / advantages / returns)
+        self._layout = (sum(widths), widths[0], widths[0] + widths[1])
         self.adam_bound = self.adam.bind(optimizer)
         self.rebound = False  # whether bind was tried again after a step of the closed-form path
         head = self.analytic.actor[-1]
         assert not isinstance(head, str)
-        k = head[0].shape[0]
-        if self._head_buffers is None or self._head_buffers[0].shape[0] < batch_size:
-            self._head_buffers = (th.empty(batch_size, k), th.empty(batch_size, 1))
+        rows = rollout.n_samples if batch_size is None else min(batch_size, rollout.n_samples)
+        if self._head_buffers is None or self._head_buffers[0].shape[0] < rows:
+            self._head_buffers = (th.empty(rows, head[0].shape[0]), th.empty(rows, 1))
+        return True
+
+    @staticmethod
+    def minibatches(rollout: FlatRollout, batch_size: int | None) -> Generator[FusedMinibatch, None, None]:
+        """
+        ``FlatRollout.minibatches`` as rows of the rollout's table: the same permutation (one ``np.random.permutation``
+        per epoch, as ``RolloutBuffer.get()``), without splitting the rows into fields.
+
+        :param rollout: the rollout (``begin`` returned ``True`` for it)
+        :param batch_size: minibatch size (``None``: the whole rollout)
+        :return: generator of minibatches
+        """
+        permutation = th.as_tensor(np.random.permutation(rollout.n_samples), device=rollout.device)
+        if batch_size is None:
+            batch_size = rollout.n_samples
+        shuffled = rollout.table[permutation]
+        for start in range(0, rollout.n_samples, batch_size):
+            yield FusedMinibatch(shuffled[start : start + batch_size], permutation[start : start + batch_size])
 
     @th.no_grad()
     def terms(
         self,
-        batch: Minibatch,
-        layout: tuple[int, int, int],
+        batch: FusedMinibatch,
         clip_range: float | None,
         clip_range_vf: float | None,
         vf_clip_mode: str,
@@ -394,8 +417,7 @@ class FusedPPO:
         reference_coef: float = 0.0,
     ) -> MinibatchTerms:
         """
-        :param batch: the minibatch (rows of the rollout's table, see ``layout``)
-        :param layout: ``layout(rollout)``
+        :param batch: the minibatch (``minibatches``)
         :param clip_range: ε, or ``None`` for the unclipped surrogate
         :param clip_range_vf: ε_v or ``None``
         :param vf_clip_mode: ``"sb3"`` or ``"max"``
@@ -411,11 +433,10 @@ class FusedPPO:
         :return: the terms; the gradient is in ``self.grad`` (``grads`` are its per-parameter views)
         """
         analytic = self.analytic
-        observations = batch.observations
-        n = observations.shape[0]
-        width, action_column, value_column = layout
-        # the minibatch's first column: its data pointer is that of the rows (one row has any stride)
-        assert (n == 1 or observations.stride(0) == width) and observations.dtype == th.float32
+        rows = batch.rows
+        n = rows.shape[0]
+        width, action_column, value_column = self._layout
+        observations = rows[:, :action_column]
         actor_cache: list[th.Tensor] = []
         critic_cache: list[th.Tensor] = []
         out = chain_forward(analytic.actor, observations, actor_cache, analytic.numpy_tanh)
@@ -431,7 +452,7 @@ class FusedPPO:
             out.data_ptr(),
             None if log_std is None else log_std.data_ptr(),
             values.data_ptr(),
-            observations.data_ptr(),
+            rows.data_ptr(),
             width,
             action_column,
             value_column,

@@ -1,5 +1,6 @@
 import os
 from collections import defaultdict
+from collections.abc import Iterator
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
@@ -58,7 +59,7 @@ from sb3_trust.common.validation import (
     check_schedule_value,
 )
 from sb3_trust.ppo.analytic import AnalyticPPO, MinibatchTerms, analytic_ppo
-from sb3_trust.ppo.fused import FusedPPO, load_kernels, warn_unavailable_once
+from sb3_trust.ppo.fused import FusedMinibatch, FusedPPO, load_kernels, warn_unavailable_once
 
 SelfTrustPPO = TypeVar("SelfTrustPPO", bound="TrustPPO")
 # π_old: its distribution parameters on the rollout (lean path) or a frozen copy of the policy (generic path)
@@ -594,13 +595,13 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
 
     def _fused_path(
         self, analytic: AnalyticPPO | None, parameters: list[th.Tensor], rollout: FlatRollout | None
-    ) -> tuple[FusedPPO, tuple[int, int, int]] | None:
+    ) -> FusedPPO | None:
         """
         :param analytic: the closed-form path of this update, if any
         :param parameters: the policy's parameters
         :param rollout: this update's rollout (lean path)
-        :return: the fused kernels' minibatch step and the rollout table's layout, prepared for this update, or ``None``
-            where they do not apply (see ``FusedPPO.supports``; the closed-form torch path is used)
+        :return: the fused kernels' minibatch step, prepared for this update, or ``None`` where they do not apply (see
+            ``FusedPPO.supports``; the closed-form torch path is used)
         """
         if analytic is None or rollout is None or not FusedPPO.supports(analytic, parameters):
             return None
@@ -609,17 +610,15 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
             warn_unavailable_once()
             return None
         if (
-            self._fused_update_for is not self.policy
-            or self._fused_update is None
+            self._fused_update is None
+            or self._fused_update_for is not self.policy
             or self._fused_update.analytic is not analytic
         ):
             self._fused_update = FusedPPO(kernels, analytic, parameters)
             self._fused_update_for = self.policy
-        layout = self._fused_update.layout(rollout)
-        if layout is None:
+        if not self._fused_update.begin(self.policy.optimizer, rollout, self.batch_size):
             return None
-        self._fused_update.begin(self.policy.optimizer, rollout.n_samples if self.batch_size is None else self.batch_size)
-        return self._fused_update, layout
+        return self._fused_update
 
     def train(self) -> None:
         """
@@ -697,6 +696,96 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
 
         return rollout, old, reference, reference_coef
 
+    def _minibatches(
+        self, rollout: FlatRollout | None, fused: FusedPPO | None
+    ) -> Iterator[FusedMinibatch | Minibatch | RolloutBufferSamples]:
+        """
+        :param rollout: the rollout as tensors (lean path), or ``None``
+        :param fused: the fused kernels' step, if this update uses it
+        :return: one epoch of minibatches, in the order of ``RolloutBuffer.get(batch_size)`` on every path (the same
+            random draws)
+        """
+        if fused is not None:
+            assert rollout is not None
+            return fused.minibatches(rollout, self.batch_size)
+        return rollout.minibatches(self.batch_size) if rollout is not None else self.rollout_buffer.get(self.batch_size)
+
+    def _minibatch_terms(
+        self,
+        rollout_data: FusedMinibatch | Minibatch | RolloutBufferSamples,
+        analytic: AnalyticPPO | None,
+        fused: FusedPPO | None,
+        old: OldPolicy,
+        reference: ReferenceSource,
+        reference_coef: float,
+        clip_range: float,
+        clip_range_vf: float | None,
+        ent_coef: float,
+        kl_coef: float,
+    ) -> MinibatchTerms:
+        """
+        The loss terms of one minibatch, by the fused kernels, the closed-form path or autograd (in that order of
+        preference; all compute the same loss).
+
+        :param rollout_data: the minibatch (``_minibatches``)
+        :param analytic: the closed-form path, if it applies
+        :param fused: the fused kernels' step, if it applies
+        :param old: π_old (see ``_prepare_update``)
+        :param reference: π_ref for the loss placement of the reference KL, or ``None``
+        :param reference_coef: β of the reference KL
+        :param clip_range: ε
+        :param clip_range_vf: ε_v or ``None``
+        :param ent_coef: entropy coefficient
+        :param kl_coef: β of the KL penalty
+        :return: the terms
+        """
+        need_kl = self.policy_loss == "kl_penalty"
+        if analytic is None:
+            return self._autograd_terms(
+                rollout_data,  # type: ignore[arg-type]
+                old,
+                need_kl,
+                reference,
+                reference_coef,
+                clip_range,
+                clip_range_vf,
+                ent_coef,
+                kl_coef,
+            )
+        indices = rollout_data.indices  # type: ignore[union-attr]
+        old_rows = (old[0][indices], old[1][indices]) if need_kl else None  # type: ignore[index]
+        reference_rows = (reference[0][indices], reference[1][indices]) if reference is not None else None  # type: ignore[index]
+        if fused is not None:
+            assert isinstance(rollout_data, FusedMinibatch)
+            return fused.terms(
+                rollout_data,
+                clip_range if self.policy_loss == "clip" else None,
+                clip_range_vf,
+                self.vf_clip_mode,
+                ent_coef,
+                self.vf_coef,
+                self.normalize_advantage,
+                old_rows,
+                kl_coef,
+                reference_rows,
+                reference_coef,
+            )
+        assert isinstance(rollout_data, Minibatch)
+        return analytic.terms(
+            rollout_data,
+            self.policy_loss,
+            clip_range,
+            kl_coef,
+            old_rows,
+            clip_range_vf,
+            self.vf_clip_mode,
+            ent_coef,
+            self.vf_coef,
+            self.normalize_advantage,
+            reference_rows,
+            reference_coef,
+        )
+
     def _update(self) -> None:
         """
         One update (``n_epochs`` passes over the rollout), SB3 PPO's loop.
@@ -714,7 +803,6 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
             clip_range_vf = check_schedule_value("clip_range_vf", self.clip_range_vf(progress))  # type: ignore[operator]
         ent_coef = check_schedule_value("ent_coef", self.ent_coef_schedule(progress), low=-np.inf)
         kl_coef = self._current_kl_coef()
-        need_kl = self.policy_loss == "kl_penalty"
 
         rollout, old, reference, reference_coef = self._prepare_update()
         parameters = list(self.policy.parameters())
@@ -729,47 +817,10 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         for epoch in range(self.n_epochs):
             log_ratios: list[th.Tensor] = []  # of this epoch's minibatches (SB3 logs the last epoch's approx_kl)
             # Do a complete pass on the rollout buffer (same minibatches and random draws on both paths)
-            batches = rollout.minibatches(self.batch_size) if rollout is not None else self.rollout_buffer.get(self.batch_size)
-            for rollout_data in batches:
-                if analytic is not None:
-                    assert isinstance(rollout_data, Minibatch)
-                    indices = rollout_data.indices
-                    old_rows = (old[0][indices], old[1][indices]) if need_kl else None  # type: ignore[index]
-                    reference_rows = (reference[0][indices], reference[1][indices]) if reference is not None else None  # type: ignore[index]
-                    if fused is not None:
-                        terms = fused[0].terms(
-                            rollout_data,
-                            fused[1],
-                            clip_range if self.policy_loss == "clip" else None,
-                            clip_range_vf,
-                            self.vf_clip_mode,
-                            ent_coef,
-                            self.vf_coef,
-                            self.normalize_advantage,
-                            old_rows,
-                            kl_coef,
-                            reference_rows,  # type: ignore[arg-type]
-                            reference_coef,
-                        )
-                    else:
-                        terms = analytic.terms(
-                            rollout_data,
-                            self.policy_loss,
-                            clip_range,
-                            kl_coef,
-                            old_rows,
-                            clip_range_vf,
-                            self.vf_clip_mode,
-                            ent_coef,
-                            self.vf_coef,
-                            self.normalize_advantage,
-                            reference_rows,
-                            reference_coef,
-                        )
-                else:
-                    terms = self._autograd_terms(
-                        rollout_data, old, need_kl, reference, reference_coef, clip_range, clip_range_vf, ent_coef, kl_coef
-                    )
+            for rollout_data in self._minibatches(rollout, fused):
+                terms = self._minibatch_terms(
+                    rollout_data, analytic, fused, old, reference, reference_coef, clip_range, clip_range_vf, ent_coef, kl_coef
+                )
                 loss = terms.loss
                 # What is logged, reduced after the update (no work per minibatch)
                 stats["policy_gradient_loss"].append(terms.policy_loss)
