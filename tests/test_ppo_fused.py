@@ -69,7 +69,7 @@ def test_minibatch_terms_match_closed_form_path(kernels, env_id, variant, with_r
     model.learn(64)  # one rollout in the buffer
     fast = model._fast_path()
     rollout = FlatRollout(model.rollout_buffer, model.device)
-    old = model._old_distribution_params(fast, rollout)
+    old = model._distribution_params(fast, rollout)
     _perturb(model)  # π ≠ π_old: the ratio, the clipping and the KL terms are not trivial
     parameters = list(model.policy.parameters())
     analytic = analytic_ppo(fast, parameters)

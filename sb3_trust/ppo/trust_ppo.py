@@ -105,8 +105,11 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
 
     Computation: for SB3's ``MlpPolicy`` (flat Box observations, Discrete or Box actions, no gSDE, trainable
     parameters) the minibatch gradient is computed in closed form (``sb3_trust.ppo.analytic``: the same loss, the
-    gradient equal to autograd's up to rounding) and collection evaluates the network with NumPy; any other policy uses
-    SB3's methods and autograd (said once at ``verbose >= 1``). Both paths draw the same random numbers as SB3.
+    gradient equal to autograd's up to rounding), by the fused C kernels of ``sb3_trust.ppo.fused`` (loss terms and
+    their derivatives, clipping and the Adam step each in one call; compiled on first use, a ``UserWarning`` and the
+    torch version of the closed form without a C compiler), and collection evaluates the network with NumPy; any other
+    policy uses SB3's methods and autograd (said once at ``verbose >= 1``). Every path draws the same random numbers as
+    SB3.
 
     :param policy: The policy model to use (MlpPolicy, CnnPolicy, ...)
     :param env: The environment to learn from (if registered in Gym, can be str)
@@ -406,11 +409,12 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
             self._kl_coef = check_schedule_value("kl_coef", kl_coef, low=0.0, low_inclusive=True)
         return self._kl_coef
 
-    def _old_distribution_params(self, fast: FastActorCritic, rollout: FlatRollout) -> tuple[th.Tensor, th.Tensor]:
+    def _distribution_params(self, fast: FastActorCritic, rollout: FlatRollout) -> tuple[th.Tensor, th.Tensor]:
         """
         :param fast: the lean policy path
         :param rollout: the rollout
-        :return: the parameters of π_old on every state of the rollout (computed before the update)
+        :return: the current policy's distribution parameters on every state of the rollout (in chunks of
+            ``_ROLLOUT_CHUNK`` rows; the result is only ``n × action dims``): π_old's before the update, π_new's after it
         """
         with th.no_grad():
             chunks = rollout.observations.split(self._ROLLOUT_CHUNK)
@@ -428,12 +432,7 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         with th.no_grad():
             fast = self._fast_path()
             if fast is not None and rollout is not None and isinstance(old, tuple):
-                kl_sum = th.zeros(())
-                for start in range(0, rollout.n_samples, self._ROLLOUT_CHUNK):
-                    rows = slice(start, start + self._ROLLOUT_CHUNK)
-                    new = fast.distribution_params(fast.latent(rollout.observations[rows])[0])
-                    kl_sum += kl_from_params((old[0][rows], old[1][rows]), new, fast.is_categorical).sum()
-                return kl_sum.item() / rollout.n_samples
+                return kl_from_params(old, self._distribution_params(fast, rollout), fast.is_categorical).mean().item()
             assert isinstance(old, ActorCriticPolicy)
             total, count = 0.0, 0
             for rollout_data in iterate_rollout_in_order(self.rollout_buffer):
@@ -684,7 +683,7 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         rollout = FlatRollout(self.rollout_buffer, self.device) if fast is not None else None
         old: OldPolicy
         if fast is not None and rollout is not None:
-            old = self._old_distribution_params(fast, rollout)
+            old = self._distribution_params(fast, rollout)
         else:
             old = self._snapshot_old_policy()
         # π_ref for the loss placement of the reference KL: its parameters on the rollout, or the frozen policy
