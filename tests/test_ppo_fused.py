@@ -245,3 +245,20 @@ def test_compiles_into_the_cache_directory(fresh_loader, monkeypatch, tmp_path):
     assert load_kernels() is not None
     assert compiled[0].stat().st_mtime_ns == mtime
     assert np.isfinite(mtime)
+
+
+def test_numpy_blas_only_where_it_runs_on_one_thread(monkeypatch):
+    """Large products go to th.mm unless NumPy's BLAS is pinned to one thread (torch's thread setting is kept)."""
+    from sb3_trust.common.fused_policy import NumpyFusedActorCritic
+    from sb3_trust.ppo.fused import numpy_single_threaded
+
+    small, large = NumpyFusedActorCritic.MAX_NUMPY_WORK, NumpyFusedActorCritic.MAX_NUMPY_WORK + 1
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert numpy_single_threaded(small) and not numpy_single_threaded(large)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert numpy_single_threaded(large)
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")  # OpenBLAS's own setting wins over OMP's
+    assert not numpy_single_threaded(large)
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
+    assert numpy_single_threaded(large)

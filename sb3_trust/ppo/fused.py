@@ -41,6 +41,7 @@ from torch.optim import optimizer as torch_optimizer
 
 from sb3_trust.common.fast_fisher import ChainLayer, chain_forward
 from sb3_trust.common.fast_rollout import FlatRollout
+from sb3_trust.common.fused_policy import NumpyFusedActorCritic
 from sb3_trust.ppo.analytic import AnalyticPPO, MinibatchTerms
 
 SOURCE = Path(__file__).with_name("fused_kernels.c")
@@ -153,6 +154,21 @@ def warn_unavailable_once() -> None:
         )
 
 
+def numpy_single_threaded(work: int) -> bool:
+    """
+    Whether NumPy's BLAS multiplies on one thread, so that using it keeps torch's thread setting (one process never
+    takes more cores than asked): for products of at most ``NumpyFusedActorCritic.MAX_NUMPY_WORK`` multiply-adds
+    (OpenBLAS's own threshold, measured here), or any product when its threads are pinned to one
+    (``OPENBLAS_NUM_THREADS=1``, or ``OMP_NUM_THREADS=1`` without it, as the benchmark runner sets them).
+
+    :param work: the product's multiply-adds
+    :return: whether NumPy may compute it
+    """
+    if work <= NumpyFusedActorCritic.MAX_NUMPY_WORK:
+        return True
+    return os.environ.get("OPENBLAS_NUM_THREADS", os.environ.get("OMP_NUM_THREADS")) == "1"
+
+
 def chain_vjp_into(kernels: ctypes.CDLL, chain: Sequence[ChainLayer], cache: Sequence[th.Tensor], grad: th.Tensor,
                    out: Sequence[th.Tensor]) -> None:  # fmt: skip
     """
@@ -160,8 +176,8 @@ def chain_vjp_into(kernels: ctypes.CDLL, chain: Sequence[ChainLayer], cache: Seq
     derivatives by ``activation_backward``, in place on the intermediate gradients). The products of the hidden
     layers (the weight gradient ``grad.T @ input``, with the batch as the inner dimension, and the input gradient) are
     computed by NumPy's BLAS, which is faster than ``th.mm`` for them on one CPU thread (10-15 %, and 2.5 times for
-    the weight gradient of a layer with a few inputs, measured here); the head's by ``th.mm``, faster for its few
-    outputs.
+    the weight gradient of a layer with a few inputs, measured here), where it runs on one thread
+    (``numpy_single_threaded``); the head's by ``th.mm``, faster for its few outputs.
 
     :param kernels: the compiled kernels
     :param chain: the chain
@@ -182,7 +198,7 @@ def chain_vjp_into(kernels: ctypes.CDLL, chain: Sequence[ChainLayer], cache: Seq
             k -= 1
             th.sum(grad, 0, out=out[k])
         k -= 1
-        if i == last:
+        if i == last or not numpy_single_threaded(grad.shape[0] * weight.numel()):
             th.mm(grad.t(), saved, out=out[k])
             if i > first_linear:
                 grad = grad.mm(weight)
