@@ -511,3 +511,19 @@ def test_ppo_code_hash_covers_every_module_trust_ppo_imports():
                 todo.append(f"{path}.py" if (package / f"{path}.py").exists() else f"{path}/__init__.py")
     missing = sorted(relative for relative in seen if not relative.startswith(PPO_FILES))
     assert not missing, f"add to PPO_FILES: {missing}"
+
+
+def test_code_hash_covers_the_fused_kernels_c_source(tmp_path):
+    """A change to TrustPPO's C kernels makes its results stale, and only its results (not the TRPO family's)."""
+    import pathlib
+    import shutil
+
+    package = pathlib.Path(__file__).resolve().parents[1] / "sb3_trust"
+    copy = tmp_path / "sb3_trust"
+    shutil.copytree(package, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    before = {family: runner.algorithm_code_hash(copy, family)["hash"] for family in ("ppo", "trpo")}
+    kernels = copy / "ppo" / "fused_kernels.c"
+    kernels.write_text(kernels.read_text() + "\n/* changed */\n")
+    after = {family: runner.algorithm_code_hash(copy, family)["hash"] for family in ("ppo", "trpo")}
+    assert after["ppo"] != before["ppo"]
+    assert after["trpo"] == before["trpo"]
