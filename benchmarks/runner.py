@@ -79,7 +79,8 @@ VERSIONED = {
 REFERENCE_LIBRARY = {"ppo": "stable_baselines3", "trpo": "sb3_contrib"}
 # Sub-packages of sb3_trust that are glue, not algorithm code: not part of the code hash
 GLUE_PACKAGES = ("zoo",)
-# The source files of the algorithm code: Python, and the C of TrustPPO's fused kernels (sb3_trust/ppo/fused_kernels.c)
+# The source files of the algorithm code: Python, and the C kernels (sb3_trust/ppo/fused_kernels.c: TrustPPO's minibatch
+# step; sb3_trust/common/collect_kernels.c: the collection forward pass of both families)
 ALGORITHM_SOURCES = ("*.py", "*.c")
 # The files each algorithm family's code is made of (prefixes, relative to the package): a change elsewhere does not
 # make its results stale. TrustPPO: its folder and the shared modules it imports; TrustTRPO/NPG: all but TrustPPO's folder.
@@ -96,6 +97,7 @@ PPO_FILES = (
             "fast_policy",
             "fast_rollout",
             "fused_policy",
+            "kernels",
             "kl",
             "losses",
             "numpy_collect",
@@ -107,6 +109,7 @@ PPO_FILES = (
             "validation",
         )
     ),
+    "common/collect_kernels.c",
 )
 
 

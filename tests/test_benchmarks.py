@@ -513,8 +513,13 @@ def test_ppo_code_hash_covers_every_module_trust_ppo_imports():
     assert not missing, f"add to PPO_FILES: {missing}"
 
 
-def test_code_hash_covers_the_fused_kernels_c_source(tmp_path):
-    """A change to TrustPPO's C kernels makes its results stale, and only its results (not the TRPO family's)."""
+@pytest.mark.parametrize(
+    "source, stales",
+    [("ppo/fused_kernels.c", {"ppo": True, "trpo": False}), ("common/collect_kernels.c", {"ppo": True, "trpo": True})],
+)
+def test_code_hash_covers_the_c_kernels(tmp_path, source, stales):
+    """A change to TrustPPO's minibatch kernels makes its results stale, and only its results (not the TRPO family's);
+    a change to the collection kernel (used by both families) makes the results of both stale."""
     import pathlib
     import shutil
 
@@ -522,8 +527,7 @@ def test_code_hash_covers_the_fused_kernels_c_source(tmp_path):
     copy = tmp_path / "sb3_trust"
     shutil.copytree(package, copy, ignore=shutil.ignore_patterns("__pycache__"))
     before = {family: runner.algorithm_code_hash(copy, family)["hash"] for family in ("ppo", "trpo")}
-    kernels = copy / "ppo" / "fused_kernels.c"
+    kernels = copy / source
     kernels.write_text(kernels.read_text() + "\n/* changed */\n")
     after = {family: runner.algorithm_code_hash(copy, family)["hash"] for family in ("ppo", "trpo")}
-    assert after["ppo"] != before["ppo"]
-    assert after["trpo"] == before["trpo"]
+    assert {family: after[family] != before[family] for family in after} == stales

@@ -29,7 +29,7 @@ from sb3_trust.common.fast_fisher import (
     numpy_tanh_,
 )
 from sb3_trust.common.fast_policy import FastActorCritic
-from sb3_trust.common.fused_policy import FusedActorCritic, NumpyFusedActorCritic
+from sb3_trust.common.fused_policy import FusedActorCritic, NumpyFusedActorCritic, load_collect_kernels
 from sb3_trust.common.kl import exact_kl
 from sb3_trust.common.numpy_collect import collect_rollouts_numpy, fused_policy
 from sb3_trust.common.trust_region import flat_grad, kl_fisher_vector_product_fn
@@ -221,6 +221,44 @@ def test_fused_forward_matches_fast_forward(env_id, net_arch, activation_fn, det
     fused.refresh()
     with th.no_grad():
         assert th.allclose(fused.forward(obs, True)[1], fast.forward(obs, True)[1], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "env_id, net_arch, activation_fn",
+    [*POLICIES, ("Pendulum-v1", dict(pi=[8, 12], vf=[16, 4]), nn.ReLU), ("CartPole-v1", [5, 9, 3], nn.ReLU)],
+)
+@pytest.mark.parametrize("deterministic", [False, True])
+@pytest.mark.parametrize("n", [1, 7])
+def test_collect_kernel_is_the_numpy_network(env_id, net_arch, activation_fn, deterministic, n):
+    """collect_kernels.c computes what the NumPy evaluation computes (to the last bits), with the same random draws."""
+    if load_collect_kernels() is None:
+        pytest.skip("no C compiler")
+    policy = make_policy(env_id, net_arch, activation_fn)
+    fused = NumpyFusedActorCritic(policy)
+    if not fused.can_fuse(fused):
+        return
+    fused.refresh()
+    assert fused._kernel is not None
+    obs = np.random.default_rng(3).normal(size=(n, policy.observation_space.shape[0]))  # float64, as VecNormalize's
+    results, states = [], []
+    for kernel in (fused._kernel, None):
+        fused._kernel = kernel
+        th.manual_seed(7)
+        results.append(fused.forward_numpy(obs, deterministic))
+        states.append(th.get_rng_state())
+    assert th.equal(*states)
+    for got, expected in zip(*results, strict=True):
+        assert got.shape == expected.shape and got.dtype == expected.dtype
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    # the parameters are read at refresh(): a change shows after the next one
+    with th.no_grad():
+        for param in policy.parameters():
+            param.mul_(1.5)
+    fused.refresh()
+    assert fused._kernel is not None
+    kernel_values = fused.forward_numpy(obs, True)[1]
+    fused._kernel = None
+    np.testing.assert_allclose(kernel_values, fused.forward_numpy(obs, True)[1], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("amsgrad", [False, True])

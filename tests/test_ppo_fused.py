@@ -248,17 +248,40 @@ def test_compiles_into_the_cache_directory(fresh_loader, monkeypatch, tmp_path):
 
 
 def test_numpy_blas_only_where_it_runs_on_one_thread(monkeypatch):
-    """Large products go to th.mm unless NumPy's BLAS is pinned to one thread (torch's thread setting is kept)."""
+    """Products go to NumPy only up to its single-thread size, or up to NUMPY_PRODUCT_WORK when BLAS is pinned to one
+    thread (torch's thread setting is kept); larger ones always to th.mm."""
     from sb3_trust.common.fused_policy import NumpyFusedActorCritic
-    from sb3_trust.ppo.fused import numpy_single_threaded
+    from sb3_trust.ppo.fused import NUMPY_PRODUCT_WORK, numpy_product_limit
 
-    small, large = NumpyFusedActorCritic.MAX_NUMPY_WORK, NumpyFusedActorCritic.MAX_NUMPY_WORK + 1
+    assert NumpyFusedActorCritic.MAX_NUMPY_WORK < NUMPY_PRODUCT_WORK
     monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    assert numpy_single_threaded(small) and not numpy_single_threaded(large)
+    assert numpy_product_limit() == NumpyFusedActorCritic.MAX_NUMPY_WORK
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    assert numpy_single_threaded(large)
+    assert numpy_product_limit() == NUMPY_PRODUCT_WORK
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")  # OpenBLAS's own setting wins over OMP's
-    assert not numpy_single_threaded(large)
+    assert numpy_product_limit() == NumpyFusedActorCritic.MAX_NUMPY_WORK
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
-    assert numpy_single_threaded(large)
+    assert numpy_product_limit() == NUMPY_PRODUCT_WORK
+
+
+def test_chain_vjp_into_same_gradients_whichever_blas():
+    """The gradients are the chain's (``chain_vjp``), whether the products go to NumPy or to th.mm."""
+    from sb3_trust.common.fast_fisher import chain_forward, chain_vjp
+    from sb3_trust.ppo.fused import chain_vjp_into, load_kernels
+
+    kernels = load_kernels()
+    if kernels is None:
+        pytest.skip("no C compiler")
+    th.manual_seed(0)
+    chain = [(th.randn(32, 5), th.randn(32)), "relu", (th.randn(16, 32), th.randn(16)), "tanh", (th.randn(3, 16), None)]
+    cache: list[th.Tensor] = []
+    x = th.randn(40, 5)
+    out = chain_forward(chain, x, cache)
+    grad = th.randn_like(out)
+    expected = chain_vjp(chain, cache, grad)
+    for limit in (0, 1 << 30):
+        got = [th.empty_like(g) for g in expected]
+        chain_vjp_into(kernels, chain, cache, grad.clone(), got, limit)
+        for a, b in zip(got, expected, strict=True):
+            th.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

@@ -13,15 +13,38 @@ results agree to the last bits, not bit for bit. TrustTRPO uses it only in the d
 ``"contrib"`` convention keeps ``FastActorCritic`` (bit-identical to SB3).
 """
 
+import ctypes
 import math
+from pathlib import Path
 
 import numpy as np
 import torch as th
 from torch.nn import functional as F
 
 from sb3_trust.common.fast_policy import FastActorCritic
+from sb3_trust.common.kernels import compile_and_load
 
 _LOG_SQRT_2PI = math.log(math.sqrt(2 * math.pi))
+COLLECT_SOURCE = Path(__file__).with_name("collect_kernels.c")
+_COLLECT_SIGNATURES = {"actor_critic_forward": "- pipppppp"}
+# Codes of the activations in collect_kernels.c
+_ACTIVATION_CODES = {None: 0, th.tanh: 1, th.relu: 2}
+# Fixed entries of a plan before its layers (P_LAYERS in collect_kernels.c)
+_PLAN_HEADER = 7
+
+_collect_kernels: ctypes.CDLL | None = None
+_collect_kernels_error: str | None = None
+
+
+def load_collect_kernels() -> ctypes.CDLL | None:
+    """
+    :return: ``collect_kernels.c`` compiled and loaded (see ``sb3_trust.common.kernels``), or ``None`` where it cannot
+        be (no compiler, ``SB3_TRUST_NO_KERNELS=1``): ``NumpyFusedActorCritic`` then evaluates the network with NumPy
+    """
+    global _collect_kernels, _collect_kernels_error
+    if _collect_kernels is None and _collect_kernels_error is None:
+        _collect_kernels, _collect_kernels_error = compile_and_load(COLLECT_SOURCE, _COLLECT_SIGNATURES)
+    return _collect_kernels
 
 
 def _structure(layers: list) -> list[object] | None:
@@ -160,6 +183,44 @@ class NumpyFusedActorCritic(FusedActorCritic):
             self._numpy_std = self._std.detach().numpy()
             self._numpy_neg_half_inverse_variance = self._neg_half_inverse_variance.detach().numpy()
             self._numpy_log_normaliser = self._log_normaliser.detach().numpy()
+        self._build_plan()
+
+    def _build_plan(self) -> None:
+        """The network for ``collect_kernels.c`` (see its header), or ``None`` without the kernel."""
+        kernels = load_collect_kernels()
+        self._kernel = None if kernels is None else kernels.actor_critic_forward
+        if self._kernel is None:
+            return
+        assert self.pi_layers is not None and self.vf_layers is not None
+        keep: list[np.ndarray] = []  # what the plan points to, alive as long as the plan
+
+        def pointer(array: np.ndarray) -> int:
+            array = np.ascontiguousarray(array, dtype=np.float32)
+            keep.append(array)
+            return array.ctypes.data
+
+        def chain(layers: list, head: th.nn.Linear) -> list[int]:
+            linears = [*[linear for linear, _ in layers if linear is not None], head]
+            activations = [*[activation for linear, activation in layers if linear is None], None]
+            entries = []
+            for linear, activation in zip(linears, activations, strict=True):
+                weight = linear.weight.detach().t().numpy()
+                bias = _bias(linear).detach().numpy()
+                entries += [pointer(weight), pointer(bias), weight.shape[0], weight.shape[1], _ACTIVATION_CODES[activation]]
+            return entries
+
+        pi, vf = chain(self.pi_layers, self.action_net), chain(self.vf_layers, self.value_net)
+        widest = max(max(pi[3::5]), max(vf[3::5]))
+        gaussian = [] if self.is_categorical else [self._numpy_std, self._numpy_neg_half_inverse_variance]
+        std, nhiv = (pointer(array) for array in gaussian) if gaussian else (0, 0)
+        log_norm = 0 if self.is_categorical else pointer(self._numpy_log_normaliser.reshape(1))
+        scratch = pointer(np.empty(2 * widest, dtype=np.float32))
+        header = [len(pi) // 5, len(vf) // 5, self._split, scratch, std, nhiv, log_norm]
+        assert len(header) == _PLAN_HEADER
+        self._plan = np.array([*header, *pi, *vf], dtype=np.int64)
+        self._plan_pointer = self._plan.ctypes.data
+        self._plan_keep = keep
+        self._noise: dict[int, tuple[th.Tensor, int]] = {}
 
     def supports_batch(self, n_rows: int) -> bool:
         """
@@ -187,6 +248,8 @@ class NumpyFusedActorCritic(FusedActorCritic):
             log-likelihood of the actions [batch]
         """
         x = obs.reshape(obs.shape[0], -1).astype(np.float32, copy=False)
+        if self._kernel is not None:
+            return self._forward_kernel(x, deterministic)
         if self._numpy_split is None:  # no hidden layer: the first layer is the stacked heads
             x = _numpy_layer(x, *self._numpy_first)
             out, values = x[:, : self._split], x[:, self._split :]
@@ -198,17 +261,7 @@ class NumpyFusedActorCritic(FusedActorCritic):
             for layer in self._numpy_branches[1]:
                 values = _numpy_layer(values, *layer)
         if self.is_categorical:
-            shifted = out - out.max(axis=1, keepdims=True)
-            exp = np.exp(shifted)
-            total = exp.sum(axis=1, keepdims=True)
-            probs = th.from_numpy(exp / total)
-            if deterministic:
-                actions = th.argmax(probs, dim=1).numpy()
-            else:
-                # Categorical.sample(): multinomial(probs, 1, True)
-                actions = th.multinomial(probs, 1, True).view(-1).numpy()
-            log_prob = np.take_along_axis(shifted, actions.reshape(-1, 1), axis=1).reshape(-1) - np.log(total[:, 0])
-            return actions, values, log_prob
+            return self._categorical(out, values, deterministic)
         if deterministic:
             actions_np = out.copy()
         else:
@@ -219,3 +272,41 @@ class NumpyFusedActorCritic(FusedActorCritic):
         diff = actions_np - out
         log_prob = (diff * diff) @ self._numpy_neg_half_inverse_variance - self._numpy_log_normaliser
         return actions_np, values, log_prob
+
+    def _forward_kernel(self, x: np.ndarray, deterministic: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``forward_numpy`` by ``collect_kernels.c`` (one call; the random draws the same calls on torch's RNG)."""
+        x = np.ascontiguousarray(x)
+        n, k = x.shape[0], self._split
+        # One block for every output: out [n, k], values [n, 1], actions [n, k], log-likelihoods [n]
+        block = np.empty(n * (2 * k + 2), dtype=np.float32)
+        address = block.ctypes.data
+        out, values = block[: n * k].reshape(n, k), block[n * k : n * (k + 1)].reshape(n, 1)
+        if self.is_categorical:
+            self._kernel(self._plan_pointer, n, x.ctypes.data, None, address, address + 4 * n * k, None, None)
+            return self._categorical(out, values, deterministic)
+        noise_address = None
+        if not deterministic:
+            if n not in self._noise:
+                noise = th.empty((n, k), dtype=th.float32)
+                self._noise[n] = (noise, noise.data_ptr())
+            noise, noise_address = self._noise[n]
+            # Normal.rsample(): eps = empty(shape).normal_(); the same draws as a new tensor of this shape
+            noise.normal_()
+        actions_address = address + 4 * n * (k + 1)
+        self._kernel(self._plan_pointer, n, x.ctypes.data, noise_address, address, address + 4 * n * k, actions_address,
+                     actions_address + 4 * n * k)  # fmt: skip
+        return block[n * (k + 1) : n * (2 * k + 1)].reshape(n, k), values, block[n * (2 * k + 1) :]
+
+    def _categorical(self, out: np.ndarray, values: np.ndarray, deterministic: bool) -> tuple[np.ndarray, ...]:
+        """The actions and their log-likelihoods from the logits ``out`` (the random draws: torch's multinomial)."""
+        shifted = out - out.max(axis=1, keepdims=True)
+        exp = np.exp(shifted)
+        total = exp.sum(axis=1, keepdims=True)
+        probs = th.from_numpy(exp / total)
+        if deterministic:
+            actions = th.argmax(probs, dim=1).numpy()
+        else:
+            # Categorical.sample(): multinomial(probs, 1, True)
+            actions = th.multinomial(probs, 1, True).view(-1).numpy()
+        log_prob = np.take_along_axis(shifted, actions.reshape(-1, 1), axis=1).reshape(-1) - np.log(total[:, 0])
+        return actions, values, log_prob

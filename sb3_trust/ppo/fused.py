@@ -16,20 +16,13 @@ are accumulated in double precision, so results differ from it (and from SB3 PPO
 closed-form path's already do: ``tests/test_ppo_parity.py`` holds TrustPPO to SB3 PPO's parameters with this path
 enabled, and ``tests/test_ppo_fused.py`` compares each function with its torch counterpart.
 
-The C file is compiled on first use with the system's C compiler (``$CC``, else ``cc``/``gcc``) into a cache
-directory (``$SB3_TRUST_CACHE``, else ``$XDG_CACHE_HOME/sb3_trust`` or ``~/.cache/sb3_trust``), keyed by the source,
-the compiler and the CPU. Without a compiler (or with ``SB3_TRUST_NO_KERNELS=1``) TrustPPO uses the closed-form
+The C file is compiled on first use with the system's C compiler into a cache directory (see
+``sb3_trust.common.kernels``). Without a compiler (or with ``SB3_TRUST_NO_KERNELS=1``) TrustPPO uses the closed-form
 torch path and says so once (a ``UserWarning``).
 """
 
 import ctypes
-import hashlib
 import os
-import platform
-import shutil
-import subprocess
-import sys
-import tempfile
 import warnings
 from collections.abc import Generator, Sequence
 from pathlib import Path
@@ -42,19 +35,21 @@ from torch.optim import optimizer as torch_optimizer
 from sb3_trust.common.fast_fisher import ChainLayer, chain_forward
 from sb3_trust.common.fast_rollout import FlatRollout
 from sb3_trust.common.fused_policy import NumpyFusedActorCritic
+from sb3_trust.common.kernels import compile_and_load
 from sb3_trust.ppo.analytic import AnalyticPPO, MinibatchTerms
 
 SOURCE = Path(__file__).with_name("fused_kernels.c")
-FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fPIC", "-shared")
 # Largest action dimension of a diagonal Gaussian the head kernel takes (its per-dimension arrays are on the stack)
 MAX_GAUSSIAN_DIM = 64
+# Products of at most this many multiply-adds go to NumPy's BLAS when it runs on one thread (``numpy_product_limit``)
+NUMPY_PRODUCT_WORK = 1 << 19
 # Indices of the scalars ppo_head writes
 POLICY_LOSS, VALUE_LOSS, ENTROPY_LOSS, LOSS, VALUE_CLIP_FRACTION, N_SCALARS = range(6)
 
-# The C functions' signatures: result, then arguments; p = pointer, i = int64, n = int, d = double, f = float
-_TYPES = {"p": ctypes.c_void_p, "i": ctypes.c_int64, "n": ctypes.c_int, "d": ctypes.c_double, "f": ctypes.c_float, "-": None}
+# The C functions' signatures (see ``sb3_trust.common.kernels.compile_and_load``)
 _SIGNATURES = {
     "activation_backward": "- ppin",
+    "column_sums": "- piip",
     "ppo_head": "- iinppppiiidndnddppdppdpppppp",
     "clip_adam_step": "n ippppppdfdddddnp",
 }
@@ -65,77 +60,16 @@ _kernels_error: str | None = None
 _warned = False
 
 
-def _cache_dir() -> Path:
-    """:return: where compiled kernels are kept"""
-    if os.environ.get("SB3_TRUST_CACHE"):
-        return Path(os.environ["SB3_TRUST_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "sb3_trust"
-
-
-def _cpu_signature() -> str:
-    """:return: a description of the CPU (``-march=native`` code runs only on the CPU it was compiled for)"""
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            lines = [line for line in cpuinfo if line.startswith(("model name", "flags"))]
-        return "".join(sorted(set(lines)))
-    except OSError:
-        return platform.processor() + platform.machine()
-
-
-def _compile(compiler: str, target: Path) -> None:
-    """
-    Compile ``SOURCE`` into ``target`` atomically (a temporary file renamed), so that concurrent processes never load a
-    partly written library.
-
-    :param compiler: the C compiler
-    :param target: the shared library to write
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(suffix=".so", dir=target.parent)
-    os.close(descriptor)
-    try:
-        subprocess.run([compiler, *FLAGS, "-o", temporary, str(SOURCE), "-lm"], check=True, capture_output=True, timeout=120)
-        os.replace(temporary, target)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-
-
 def load_kernels() -> ctypes.CDLL | None:
     """
-    :return: the compiled kernels (compiled on first use and cached), or ``None`` if they cannot be had (no compiler,
-        a failed compilation, ``SB3_TRUST_NO_KERNELS=1``); ``kernels_unavailable_reason()`` then says why
+    :return: the compiled kernels (compiled on first use and cached, see ``sb3_trust.common.kernels``), or ``None`` if
+        they cannot be had (no compiler, a failed compilation, ``SB3_TRUST_NO_KERNELS=1``);
+        ``kernels_unavailable_reason()`` then says why
     """
     global _kernels, _kernels_error
     if _kernels is not None or _kernels_error is not None:
         return _kernels
-    if os.environ.get("SB3_TRUST_NO_KERNELS", "") not in ("", "0"):
-        _kernels_error = "SB3_TRUST_NO_KERNELS is set"
-        return None
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler is None or not sys.platform.startswith("linux"):
-        _kernels_error = "no C compiler found (set CC)" if compiler is None else f"platform {sys.platform} (Linux only)"
-        return None
-    try:
-        version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
-        key = hashlib.sha256(
-            b"\0".join(part.encode() for part in (SOURCE.read_text(), compiler, version, " ".join(FLAGS), _cpu_signature()))
-        ).hexdigest()[:16]
-        target = _cache_dir() / f"fused_kernels-{key}.so"
-        if not target.exists():
-            _compile(compiler, target)
-        library = ctypes.CDLL(str(target))
-        for name, signature in _SIGNATURES.items():
-            result, arguments = signature.split()
-            function = getattr(library, name)
-            function.restype = _TYPES[result]
-            function.argtypes = [_TYPES[code] for code in arguments]
-    except (OSError, subprocess.SubprocessError, AttributeError) as error:
-        details = getattr(error, "stderr", b"") or b""
-        _kernels_error = f"compiling {SOURCE.name} failed: {error} {details.decode(errors='replace')[-500:]}"
-        return None
-    _kernels = library
+    _kernels, _kernels_error = compile_and_load(SOURCE, _SIGNATURES)
     return _kernels
 
 
@@ -154,36 +88,39 @@ def warn_unavailable_once() -> None:
         )
 
 
-def numpy_single_threaded(work: int) -> bool:
+def numpy_product_limit() -> int:
     """
-    Whether NumPy's BLAS multiplies on one thread, so that using it keeps torch's thread setting (one process never
-    takes more cores than asked): for products of at most ``NumpyFusedActorCritic.MAX_NUMPY_WORK`` multiply-adds
-    (OpenBLAS's own threshold, measured here), or any product when its threads are pinned to one
-    (``OPENBLAS_NUM_THREADS=1``, or ``OMP_NUM_THREADS=1`` without it, as the benchmark runner sets them).
+    The largest product (in multiply-adds) that ``chain_vjp_into`` gives to NumPy's BLAS rather than ``th.mm``.
 
-    :param work: the product's multiply-adds
-    :return: whether NumPy may compute it
+    NumPy's lower call overhead wins for small products, torch's BLAS for large ones (measured here on one thread:
+    NumPy faster up to 64×64×64, ``th.mm`` faster from 256×64×64 and 64×256×256 on, by 20-40 %). NumPy is used only
+    where it runs on one thread, so that one process never takes more cores than torch is given: products of at most
+    ``NumpyFusedActorCritic.MAX_NUMPY_WORK`` multiply-adds (OpenBLAS's own threshold, measured here), or up to
+    ``NUMPY_PRODUCT_WORK`` when its threads are pinned to one (``OPENBLAS_NUM_THREADS=1``, or ``OMP_NUM_THREADS=1``
+    without it, as the benchmark runner sets them). Read once per update (``FusedPPO.begin``).
+
+    :return: the limit
     """
-    if work <= NumpyFusedActorCritic.MAX_NUMPY_WORK:
-        return True
-    return os.environ.get("OPENBLAS_NUM_THREADS", os.environ.get("OMP_NUM_THREADS")) == "1"
+    pinned = os.environ.get("OPENBLAS_NUM_THREADS", os.environ.get("OMP_NUM_THREADS")) == "1"
+    return NUMPY_PRODUCT_WORK if pinned else min(NUMPY_PRODUCT_WORK, NumpyFusedActorCritic.MAX_NUMPY_WORK)
 
 
 def chain_vjp_into(kernels: ctypes.CDLL, chain: Sequence[ChainLayer], cache: Sequence[th.Tensor], grad: th.Tensor,
-                   out: Sequence[th.Tensor]) -> None:  # fmt: skip
+                   out: Sequence[th.Tensor], numpy_limit: int) -> None:  # fmt: skip
     """
     ``sb3_trust.common.fast_fisher.chain_vjp`` writing the gradients into ``out`` (the same products; the activation
-    derivatives by ``activation_backward``, in place on the intermediate gradients). The products of the hidden
-    layers (the weight gradient ``grad.T @ input``, with the batch as the inner dimension, and the input gradient) are
-    computed by NumPy's BLAS, which is faster than ``th.mm`` for them on one CPU thread (10-15 %, and 2.5 times for
-    the weight gradient of a layer with a few inputs, measured here), where it runs on one thread
-    (``numpy_single_threaded``); the head's by ``th.mm``, faster for its few outputs.
+    derivatives by ``activation_backward``, in place on the intermediate gradients; the bias gradients by
+    ``column_sums``). The products of the hidden
+    layers (the weight gradient ``grad.T @ input``, with the batch as the inner dimension, and the input gradient) of
+    at most ``numpy_limit`` multiply-adds are computed by NumPy's BLAS (up to 2.5 times faster than ``th.mm`` for the
+    weight gradient of a layer with a few inputs, measured here), the larger ones and the head's by ``th.mm``.
 
     :param kernels: the compiled kernels
     :param chain: the chain
     :param cache: filled by ``chain_forward`` (contiguous activation outputs)
     :param grad: d loss / d output [batch, out_features]
     :param out: the gradients' destinations, in the order of ``chain_parameters``
+    :param numpy_limit: ``numpy_product_limit()``
     """
     k = len(out)
     last = len(chain) - 1
@@ -196,9 +133,9 @@ def chain_vjp_into(kernels: ctypes.CDLL, chain: Sequence[ChainLayer], cache: Seq
         weight, bias = layer
         if bias is not None:
             k -= 1
-            th.sum(grad, 0, out=out[k])
+            kernels.column_sums(grad.data_ptr(), grad.shape[0], grad.shape[1], out[k].data_ptr())
         k -= 1
-        if i == last or not numpy_single_threaded(grad.shape[0] * weight.numel()):
+        if i == last or grad.shape[0] * weight.numel() > numpy_limit:
             th.mm(grad.t(), saved, out=out[k])
             if i > first_linear:
                 grad = grad.mm(weight)
@@ -391,6 +328,7 @@ class FusedPPO:
         widths = rollout.splits
         # (table width, first action column, first of the columns old values / old log-probs / advantages / returns)
         self._layout = (sum(widths), widths[0], widths[0] + widths[1])
+        self._numpy_limit = numpy_product_limit()
         self.adam_bound = self.adam.bind(optimizer)
         self.rebound = False  # whether bind was tried again after a step of the closed-form path
         head = self.analytic.actor[-1]
@@ -489,7 +427,7 @@ class FusedPPO:
             log_ratio.data_ptr(),
             scalars.data_ptr(),
         )
-        chain_vjp_into(self.kernels, analytic.actor, actor_cache, grad_out, self.actor_grads)
-        chain_vjp_into(self.kernels, analytic.critic, critic_cache, grad_values, self.critic_grads)
+        chain_vjp_into(self.kernels, analytic.actor, actor_cache, grad_out, self.actor_grads, self._numpy_limit)
+        chain_vjp_into(self.kernels, analytic.critic, critic_cache, grad_values, self.critic_grads, self._numpy_limit)
         policy_loss, value_loss, entropy_loss, loss, value_clip_fraction = scalars.unbind()
         return MinibatchTerms(loss, policy_loss, value_loss, entropy_loss, ratio, log_ratio, value_clip_fraction, self.grads)

@@ -28,6 +28,22 @@ void activation_backward(float *grad, const float *y, i64 n, int relu)
     }
 }
 
+/* out[j] = sum_i g[i, j] for g [n, m] (a Linear layer's bias gradient), accumulated in double */
+void column_sums(const float *g, i64 n, i64 m, float *out)
+{
+    for (i64 j0 = 0; j0 < m; j0 += 64) {
+        const i64 width = m - j0 < 64 ? m - j0 : 64;
+        double sums[64] = {0.0};
+        for (i64 i = 0; i < n; i++) {
+            const float *row = g + i * m + j0;
+            for (i64 j = 0; j < width; j++)
+                sums[j] += (double)row[j];
+        }
+        for (i64 j = 0; j < width; j++)
+            out[j0 + j] = (float)sums[j];
+    }
+}
+
 
 /* Indices of the per-minibatch scalars written by ppo_head */
 enum { S_POLICY_LOSS, S_VALUE_LOSS, S_ENTROPY_LOSS, S_LOSS, S_VALUE_CLIP_FRACTION, N_SCALARS };
