@@ -261,6 +261,27 @@ def test_collect_kernel_is_the_numpy_network(env_id, net_arch, activation_fn, de
     np.testing.assert_allclose(kernel_values, fused.forward_numpy(obs, True)[1], rtol=1e-5, atol=1e-5)
 
 
+def test_collect_kernel_tanh_within_one_ulp():
+    """The collection kernel's vectorisable tanh: within 1 ulp of the correctly rounded tanh (from float64) on every
+    997th float32 of [0, 12) and their negatives; ±inf, ±0 and NaN as tanh's."""
+    kernels = load_collect_kernels()
+    if kernels is None:
+        pytest.skip("no C compiler")
+    positive = np.arange(0, np.float32(12).view(np.int32), 997, dtype=np.int32).view(np.float32)
+    x = np.concatenate([positive, -positive])
+    got = x.copy()
+    kernels.tanh_inplace(got.ctypes.data, got.size)
+    expected = np.tanh(x.astype(np.float64)).astype(np.float32)
+    ulps = np.abs(got.view(np.int32).astype(np.int64) - expected.view(np.int32).astype(np.int64))
+    assert ulps.max() <= 1
+    special = np.array([np.inf, -np.inf, 0.0, -0.0, np.nan, 1e30, -1e30], dtype=np.float32)
+    got = special.copy()
+    kernels.tanh_inplace(got.ctypes.data, got.size)
+    np.testing.assert_array_equal(got[:4], [1.0, -1.0, 0.0, 0.0])
+    assert np.signbit(got[3]) and not np.signbit(got[2]) and np.isnan(got[4])
+    np.testing.assert_array_equal(got[5:], [1.0, -1.0])
+
+
 @pytest.mark.parametrize("amsgrad", [False, True])
 @pytest.mark.parametrize("weight_decay", [0.0, 0.01])
 def test_direct_fused_adam_step_is_optimizer_step(amsgrad, weight_decay):

@@ -265,10 +265,11 @@ def test_numpy_blas_only_where_it_runs_on_one_thread(monkeypatch):
     assert numpy_product_limit() == NUMPY_PRODUCT_WORK
 
 
-def test_chain_vjp_into_same_gradients_whichever_blas():
-    """The gradients are the chain's (``chain_vjp``), whether the products go to NumPy or to th.mm."""
+def test_chain_products_into_the_workspace():
+    """The gradients are the chain's (``chain_vjp``), whether the products go to NumPy or to th.mm; the forward pass
+    into the workspace is ``chain_forward``'s."""
     from sb3_trust.common.fast_fisher import chain_forward, chain_vjp
-    from sb3_trust.ppo.fused import chain_vjp_into, load_kernels
+    from sb3_trust.ppo.fused import Workspace, chain_forward_into, chain_vjp_into, load_kernels
 
     kernels = load_kernels()
     if kernels is None:
@@ -280,8 +281,17 @@ def test_chain_vjp_into_same_gradients_whichever_blas():
     out = chain_forward(chain, x, cache)
     grad = th.randn_like(out)
     expected = chain_vjp(chain, cache, grad)
+    work = Workspace()
     for limit in (0, 1 << 30):
         got = [th.empty_like(g) for g in expected]
-        chain_vjp_into(kernels, chain, cache, grad.clone(), got, limit)
+        chain_vjp_into(kernels, chain, cache, grad.clone(), got, limit, work, "chain")
         for a, b in zip(got, expected, strict=True):
             th.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    # chain_forward_into: the same output and cache as chain_forward (the same operations), into the workspace
+    for numpy_tanh in (False, True):
+        cache_into: list[th.Tensor] = []
+        got_out = chain_forward_into(chain, x, cache_into, numpy_tanh, work, "chain")
+        th.testing.assert_close(got_out, chain_forward(chain, x, None, numpy_tanh), rtol=0, atol=0)
+        assert len(cache_into) == len(cache) and cache_into[0] is x
+        for a, b in zip(cache_into, cache, strict=True):
+            th.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)

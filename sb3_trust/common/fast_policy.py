@@ -149,6 +149,14 @@ class FastActorCritic:
         assert self.pi_layers is not None and self.vf_layers is not None
         return _run(self.pi_layers, features, self.numpy_tanh), _run(self.vf_layers, features, self.numpy_tanh)
 
+    def latent_pi(self, obs: th.Tensor) -> th.Tensor:
+        """
+        :param obs: observations, shape [batch, obs_dim]
+        :return: latent code of the actor (``latent(obs)[0]``, without evaluating the critic)
+        """
+        assert self.pi_layers is not None
+        return _run(self.pi_layers, obs.float().flatten(1), self.numpy_tanh)
+
     def values(self, latent_vf: th.Tensor) -> th.Tensor:
         return F.linear(latent_vf, self.value_net.weight, self.value_net.bias)
 

@@ -26,7 +26,7 @@ from sb3_trust.common.kernels import compile_and_load
 
 _LOG_SQRT_2PI = math.log(math.sqrt(2 * math.pi))
 COLLECT_SOURCE = Path(__file__).with_name("collect_kernels.c")
-_COLLECT_SIGNATURES = {"actor_critic_forward": "- pipppppp"}
+_COLLECT_SIGNATURES = {"actor_critic_forward": "- pipppppp", "tanh_inplace": "- pi"}
 # Codes of the activations in collect_kernels.c
 _ACTIVATION_CODES = {None: 0, th.tanh: 1, th.relu: 2}
 # Fixed entries of a plan before its layers (P_LAYERS in collect_kernels.c)
@@ -71,7 +71,19 @@ class FusedActorCritic(FastActorCritic):
         return _structure(fast.pi_layers) == _structure(fast.vf_layers)
 
     def refresh(self) -> None:
-        """Rebuild the fused weights from the policy's current parameters."""
+        """Read the policy's current parameters (the fused weights are rebuilt at the next ``forward``)."""
+        self._fused: list[tuple[th.Tensor, th.Tensor, object]] | None = None
+        self._split = self.action_net.out_features
+        if not self.is_categorical:
+            with th.no_grad():
+                std = self.policy.log_std.exp()
+                self._std = std
+                # log N(a; μ, σ) = Σ -(a - μ)² / (2σ²) - Σ (log σ + log √(2π))
+                self._neg_half_inverse_variance = -0.5 / std**2
+                self._log_normaliser = (std.log() + _LOG_SQRT_2PI).sum()
+
+    def _fuse(self) -> list[tuple[th.Tensor, th.Tensor, object]]:
+        """:return: the fused network's layers (weight, bias, activation), copies of the current parameters"""
         assert self.pi_layers is not None and self.vf_layers is not None
         fused: list[tuple[th.Tensor, th.Tensor, object]] = []
         with th.no_grad():
@@ -86,14 +98,7 @@ class FusedActorCritic(FastActorCritic):
                 bias = th.cat([_bias(pi), _bias(vf)])
                 activation = activations[i] if i < len(activations) else None
                 fused.append((weight, bias, activation))
-            self._fused = fused
-            self._split = self.action_net.out_features
-            if not self.is_categorical:
-                std = self.policy.log_std.exp()
-                self._std = std
-                # log N(a; μ, σ) = Σ -(a - μ)² / (2σ²) - Σ (log σ + log √(2π))
-                self._neg_half_inverse_variance = -0.5 / std**2
-                self._log_normaliser = (std.log() + _LOG_SQRT_2PI).sum()
+        return fused
 
     def forward(self, obs: th.Tensor, deterministic: bool = False) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
         """
@@ -104,6 +109,8 @@ class FusedActorCritic(FastActorCritic):
         :param deterministic: take the mode instead of sampling
         :return: actions, values [batch, 1] and log-likelihood of the actions [batch]
         """
+        if self._fused is None:
+            self._fused = self._fuse()
         x = obs.float().flatten(1)
         for weight, bias, activation in self._fused:
             x = F.linear(x, weight, bias)
@@ -162,6 +169,28 @@ class NumpyFusedActorCritic(FusedActorCritic):
     def refresh(self) -> None:
         super().refresh()
         assert self.pi_layers is not None and self.vf_layers is not None
+        pi_linears = [linear for linear, _ in self.pi_layers if linear is not None]
+        vf_linears = [linear for linear, _ in self.vf_layers if linear is not None]
+        # The largest product per row: the stacked first layers, or one layer of a branch (multiplied apart)
+        first = [pi_linears[0], vf_linears[0]] if pi_linears else [self.action_net, self.value_net]
+        largest = max(
+            sum(linear.weight.numel() for linear in first),
+            *(linear.weight.numel() for linear in [*pi_linears[1:], *vf_linears[1:], self.action_net, self.value_net]),
+        )
+        self._max_rows = self.MAX_NUMPY_WORK // largest
+        if not self.is_categorical:
+            self._numpy_std = self._std.detach().numpy()
+            self._numpy_neg_half_inverse_variance = self._neg_half_inverse_variance.detach().numpy()
+            self._numpy_log_normaliser = self._log_normaliser.detach().numpy()
+        self._build_plan()
+        self._numpy_first: tuple[np.ndarray, np.ndarray, object] | None = None  # copied when first needed
+
+    def _copy_numpy_weights(self) -> None:
+        """The NumPy network (without the kernel): transposed copies of the weights, the first layers stacked."""
+        assert self.pi_layers is not None and self.vf_layers is not None
+        pi_first = next((linear for linear, _ in self.pi_layers if linear is not None), None)
+        vf_first = next((linear for linear, _ in self.vf_layers if linear is not None), None)
+        first = [self.action_net, self.value_net] if pi_first is None else [pi_first, vf_first]
 
         def numpy_layers(layers: list, head: th.nn.Linear) -> list[tuple[np.ndarray, np.ndarray, object]]:
             linears = [*[linear for linear, _ in layers if linear is not None][1:], head]
@@ -173,54 +202,73 @@ class NumpyFusedActorCritic(FusedActorCritic):
 
         # The first layer stacked (same input); after it, the two branches apart (block-diagonal products would
         # multiply zeros, and grow past the single-threaded size sooner)
-        first_weight, first_bias, first_activation = self._fused[0]
-        self._numpy_first = (first_weight.detach().t().contiguous().numpy(), first_bias.detach().numpy(), first_activation)
+        with th.no_grad():
+            first_weight = th.cat([linear.weight for linear in first]).t().contiguous().numpy()
+            first_bias = th.cat([_bias(linear) for linear in first]).numpy()
+        first_activation = next((activation for linear, activation in self.pi_layers if linear is None), None)
+        self._numpy_first = (first_weight, first_bias, first_activation)
         self._numpy_split = self.pi_layers[0][0].out_features if self.pi_layers else None  # type: ignore[union-attr]
         self._numpy_branches = (numpy_layers(self.pi_layers, self.action_net), numpy_layers(self.vf_layers, self.value_net))
-        largest = max(weight.shape[0] * weight.shape[1] for branch in self._numpy_branches for weight, _, _ in branch)
-        self._max_rows = self.MAX_NUMPY_WORK // max(largest, first_weight.numel())
-        if not self.is_categorical:
-            self._numpy_std = self._std.detach().numpy()
-            self._numpy_neg_half_inverse_variance = self._neg_half_inverse_variance.detach().numpy()
-            self._numpy_log_normaliser = self._log_normaliser.detach().numpy()
-        self._build_plan()
 
     def _build_plan(self) -> None:
-        """The network for ``collect_kernels.c`` (see its header), or ``None`` without the kernel."""
+        """
+        The network for ``collect_kernels.c`` (see its header): the transposed weights and the biases copied into
+        buffers made once and overwritten at every ``refresh`` (no memory is allocated per rollout), or
+        ``self._kernel = None`` without the kernel.
+        """
         kernels = load_collect_kernels()
         self._kernel = None if kernels is None else kernels.actor_critic_forward
         if self._kernel is None:
             return
         assert self.pi_layers is not None and self.vf_layers is not None
-        keep: list[np.ndarray] = []  # what the plan points to, alive as long as the plan
-
-        def pointer(array: np.ndarray) -> int:
-            array = np.ascontiguousarray(array, dtype=np.float32)
-            keep.append(array)
-            return array.ctypes.data
-
-        def chain(layers: list, head: th.nn.Linear) -> list[int]:
-            linears = [*[linear for linear, _ in layers if linear is not None], head]
-            activations = [*[activation for linear, activation in layers if linear is None], None]
-            entries = []
-            for linear, activation in zip(linears, activations, strict=True):
-                weight = linear.weight.detach().t().numpy()
-                bias = _bias(linear).detach().numpy()
-                entries += [pointer(weight), pointer(bias), weight.shape[0], weight.shape[1], _ACTIVATION_CODES[activation]]
-            return entries
-
-        pi, vf = chain(self.pi_layers, self.action_net), chain(self.vf_layers, self.value_net)
-        widest = max(max(pi[3::5]), max(vf[3::5]))
-        gaussian = [] if self.is_categorical else [self._numpy_std, self._numpy_neg_half_inverse_variance]
-        std, nhiv = (pointer(array) for array in gaussian) if gaussian else (0, 0)
-        log_norm = 0 if self.is_categorical else pointer(self._numpy_log_normaliser.reshape(1))
-        scratch = pointer(np.empty(2 * widest, dtype=np.float32))
-        header = [len(pi) // 5, len(vf) // 5, self._split, scratch, std, nhiv, log_norm]
-        assert len(header) == _PLAN_HEADER
-        self._plan = np.array([*header, *pi, *vf], dtype=np.int64)
-        self._plan_pointer = self._plan.ctypes.data
-        self._plan_keep = keep
-        self._noise: dict[int, tuple[th.Tensor, int]] = {}
+        layers = [
+            (linear, activation)
+            for layers, head in ((self.pi_layers, self.action_net), (self.vf_layers, self.value_net))
+            for linear, activation in zip(
+                [*[linear for linear, _ in layers if linear is not None], head],
+                [*[activation for linear, activation in layers if linear is None], None],
+                strict=True,
+            )
+        ]
+        if getattr(self, "_plan_buffers", None) is None:
+            # Weights transposed [in, out], biases, the Gaussian's constants, scratch: float32 buffers the plan points to
+            widest = max(linear.out_features for linear, _ in layers)
+            self._plan_buffers = [
+                *(np.empty((linear.in_features, linear.out_features), dtype=np.float32) for linear, _ in layers),
+                *(np.empty(linear.out_features, dtype=np.float32) for linear, _ in layers),
+                *(np.empty(size, dtype=np.float32) for size in (self._split, self._split, 1, 2 * widest)),
+            ]
+            n = len(layers)
+            weights, biases, (std, nhiv, log_norm, scratch) = (
+                self._plan_buffers[:n],
+                self._plan_buffers[n : 2 * n],
+                self._plan_buffers[2 * n :],
+            )
+            n_pi = len([linear for linear, _ in self.pi_layers if linear is not None]) + 1
+            # The Gaussian's constants (0: a Categorical)
+            gaussian = [0, 0, 0] if self.is_categorical else [std.ctypes.data, nhiv.ctypes.data, log_norm.ctypes.data]
+            header = [n_pi, n - n_pi, self._split, scratch.ctypes.data, *gaussian]
+            assert len(header) == _PLAN_HEADER
+            entries = [
+                value
+                for (linear, activation), weight, bias in zip(layers, weights, biases, strict=True)
+                for value in (weight.ctypes.data, bias.ctypes.data, *weight.shape, _ACTIVATION_CODES[activation])
+            ]
+            self._plan = np.array([*header, *entries], dtype=np.int64)
+            self._plan_pointer = self._plan.ctypes.data
+            self._noise: dict[int, tuple[th.Tensor, int]] = {}
+        n = len(layers)
+        with th.no_grad():
+            for (linear, _), weight, bias in zip(layers, self._plan_buffers[:n], self._plan_buffers[n : 2 * n], strict=True):
+                th.from_numpy(weight).copy_(linear.weight.t())
+                th.from_numpy(bias).copy_(_bias(linear))
+            if not self.is_categorical:
+                for buffer, tensor in zip(
+                    self._plan_buffers[2 * n : 2 * n + 3],
+                    (self._std, self._neg_half_inverse_variance, self._log_normaliser.reshape(1)),
+                    strict=True,
+                ):
+                    th.from_numpy(buffer).copy_(tensor)
 
     def supports_batch(self, n_rows: int) -> bool:
         """
@@ -250,6 +298,8 @@ class NumpyFusedActorCritic(FusedActorCritic):
         x = obs.reshape(obs.shape[0], -1).astype(np.float32, copy=False)
         if self._kernel is not None:
             return self._forward_kernel(x, deterministic)
+        if self._numpy_first is None:
+            self._copy_numpy_weights()
         if self._numpy_split is None:  # no hidden layer: the first layer is the stacked heads
             x = _numpy_layer(x, *self._numpy_first)
             out, values = x[:, : self._split], x[:, self._split :]
@@ -282,8 +332,13 @@ class NumpyFusedActorCritic(FusedActorCritic):
         address = block.ctypes.data
         out, values = block[: n * k].reshape(n, k), block[n * k : n * (k + 1)].reshape(n, 1)
         if self.is_categorical:
-            self._kernel(self._plan_pointer, n, x.ctypes.data, None, address, address + 4 * n * k, None, None)
-            return self._categorical(out, values, deterministic)
+            # out <- log-probabilities, then the probabilities; the actions drawn from them with torch's RNG
+            probs_address = address + 4 * n * (k + 1)
+            self._kernel(self._plan_pointer, n, x.ctypes.data, None, address, address + 4 * n * k, probs_address, None)
+            probs = th.from_numpy(block[n * (k + 1) : n * (2 * k + 1)].reshape(n, k))
+            # Categorical.sample(): multinomial(probs, 1, True); the mode: argmax
+            actions = (th.argmax(probs, dim=1) if deterministic else th.multinomial(probs, 1, True).view(-1)).numpy()
+            return actions, values, out[np.arange(n), actions]
         noise_address = None
         if not deterministic:
             if n not in self._noise:
