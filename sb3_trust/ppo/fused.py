@@ -403,11 +403,11 @@ class FusedPPO:
             self._head_buffers = (th.empty(rows, head[0].shape[0]), th.empty(rows, 1))
         return True
 
-    @staticmethod
-    def minibatches(rollout: FlatRollout, batch_size: int | None) -> Generator[FusedMinibatch, None, None]:
+    def minibatches(self, rollout: FlatRollout, batch_size: int | None) -> Generator[FusedMinibatch, None, None]:
         """
         ``FlatRollout.minibatches`` as rows of the rollout's table: the same permutation (one ``np.random.permutation``
-        per epoch, as ``RolloutBuffer.get()``), without splitting the rows into fields.
+        per epoch, as ``RolloutBuffer.get()``), without splitting the rows into fields; the shuffled table is written
+        into a buffer of ``work``.
 
         :param rollout: the rollout (``begin`` returned ``True`` for it)
         :param batch_size: minibatch size (``None``: the whole rollout)
@@ -416,7 +416,8 @@ class FusedPPO:
         permutation = th.as_tensor(np.random.permutation(rollout.n_samples), device=rollout.device)
         if batch_size is None:
             batch_size = rollout.n_samples
-        shuffled = rollout.table[permutation]
+        shuffled = self.work.get(("shuffled",), *rollout.table.shape)
+        th.index_select(rollout.table, 0, permutation, out=shuffled)
         for start in range(0, rollout.n_samples, batch_size):
             yield FusedMinibatch(shuffled[start : start + batch_size], permutation[start : start + batch_size])
 
