@@ -15,6 +15,8 @@ from torch import nn
 from torch.func import jvp
 from torch.nn import functional as F
 
+import sb3_trust.common.fused_policy as fused_policy_module
+import sb3_trust.common.kernels as kernels_module
 from sb3_trust import TrustPPO
 from sb3_trust.common import numpy_collect as numpy_collect_module
 from sb3_trust.common.fast_collect import collect_rollouts_fast
@@ -221,6 +223,21 @@ def test_fused_forward_matches_fast_forward(env_id, net_arch, activation_fn, det
     fused.refresh()
     with th.no_grad():
         assert th.allclose(fused.forward(obs, True)[1], fast.forward(obs, True)[1], rtol=1e-5, atol=1e-6)
+
+
+def test_collection_without_the_kernel_warns_once(monkeypatch):
+    """No compiler: TrustTRPO collects with the NumPy network, and says so once per process."""
+    monkeypatch.setattr(fused_policy_module, "_collect_kernels", None)
+    monkeypatch.setattr(fused_policy_module, "_collect_kernels_error", None)
+    monkeypatch.setattr(kernels_module, "_warned", set())
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    monkeypatch.delenv("SB3_TRUST_NO_KERNELS", raising=False)
+    with pytest.warns(UserWarning, match="collection kernel unavailable") as record:
+        models = [TrustTRPO("MlpPolicy", "Pendulum-v1", n_steps=64, batch_size=32, seed=0).learn(128) for _ in range(2)]
+    assert sum("collection kernel" in str(warning.message) for warning in record) == 1
+    fused = models[0]._fused
+    assert isinstance(fused, NumpyFusedActorCritic) and fused._kernel is None and fused._numpy_first is not None
+    assert all(th.isfinite(param).all() for param in models[0].policy.parameters())
 
 
 @pytest.mark.parametrize(

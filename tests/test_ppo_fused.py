@@ -12,6 +12,7 @@ import pytest
 import torch as th
 from torch.nn import functional as F
 
+import sb3_trust.common.kernels as kernels_module
 import sb3_trust.ppo.fused as fused_module
 from sb3_trust import TrustPPO
 from sb3_trust.common.fast_rollout import FlatRollout
@@ -31,7 +32,7 @@ def fresh_loader(monkeypatch):
     """Forget the loaded kernels (restored afterwards), so that load_kernels() runs again."""
     monkeypatch.setattr(fused_module, "_kernels", None)
     monkeypatch.setattr(fused_module, "_kernels_error", None)
-    monkeypatch.setattr(fused_module, "_warned", False)
+    monkeypatch.setattr(kernels_module, "_warned", set())
 
 
 VARIANTS = {
@@ -105,6 +106,26 @@ def test_minibatch_terms_match_closed_form_path(kernels, env_id, variant, with_r
         assert ((got.ratio - 1).abs() > 0.2).any()
     if old_rows is not None or with_reference:
         assert float(got.loss) != pytest.approx(float(got.value_loss) * 0.5 + float(got.entropy_loss) * common["ent_coef"])
+
+
+def test_minibatches_are_the_rollouts_minibatches(kernels):
+    """A whole epoch, uneven last minibatch: the same rows as FlatRollout's, though gathered into one reused buffer."""
+    model = TrustPPO("MlpPolicy", "Pendulum-v1", n_steps=100, batch_size=48, seed=0, device="cpu")
+    model.learn(100)
+    rollout = FlatRollout(model.rollout_buffer, model.device)
+    parameters = list(model.policy.parameters())
+    fused = FusedPPO(kernels, analytic_ppo(model._fast_path(), parameters), parameters)
+    assert fused.begin(model.policy.optimizer, rollout, 48)
+    np.random.seed(3)
+    expected = list(rollout.minibatches(48))  # (its minibatches are slices of a fresh tensor)
+    np.random.seed(3)
+    sizes = []
+    for batch, rows in zip(expected, fused.minibatches(rollout, 48), strict=True):
+        fields = (batch.observations, batch.actions, batch.old_values, batch.old_log_prob, batch.advantages, batch.returns)
+        assert th.equal(rows.indices, batch.indices)
+        assert th.equal(rows.rows, th.cat([field.reshape(len(batch.indices), -1) for field in fields], dim=1))
+        sizes.append(len(rows.indices))
+    assert sizes == [48, 48, 4]
 
 
 def _adam_problem(n_tensors: int = 3):

@@ -48,9 +48,11 @@ class FlatRollout:
 
     :param rollout_buffer: a full ``RolloutBuffer`` (exactly that class: subclasses may store more or differently)
     :param device: torch device
+    :param table: the previous rollout's ``table``, reused for this one's when it has the same shape and device (a
+        fresh table per update fragments the heap: the peak memory grows), or ``None``
     """
 
-    def __init__(self, rollout_buffer: RolloutBuffer, device: th.device) -> None:
+    def __init__(self, rollout_buffer: RolloutBuffer, device: th.device, table: th.Tensor | None = None) -> None:
         flatten_rollout_buffer(rollout_buffer)
         self.n_samples = rollout_buffer.buffer_size * rollout_buffer.n_envs
 
@@ -76,7 +78,12 @@ class FlatRollout:
         self.obs_shape = rollout_buffer.observations.shape[1:]
         self.action_shape = rollout_buffer.actions.shape[1:]
         if self.same_dtype:
-            self.table = th.as_tensor(np.concatenate(columns, axis=1), device=device)
+            shape = (self.n_samples, sum(column.shape[1] for column in columns))
+            if table is not None and table.shape == shape and table.device.type == "cpu" and th.device(device).type == "cpu":
+                np.concatenate(columns, axis=1, out=table.numpy())
+                self.table = table
+            else:
+                self.table = th.as_tensor(np.concatenate(columns, axis=1), device=device)
             widths = [column.shape[1] for column in columns]
             self.splits = widths
         self.observations = as_tensor(rollout_buffer.observations)

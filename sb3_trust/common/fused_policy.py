@@ -21,14 +21,18 @@ import numpy as np
 import torch as th
 from torch.nn import functional as F
 
+from sb3_trust.common.fast_fisher import chain_from_layers
 from sb3_trust.common.fast_policy import FastActorCritic
-from sb3_trust.common.kernels import compile_and_load
+from sb3_trust.common.kernels import compile_and_load, warn_unavailable_once
 
 _LOG_SQRT_2PI = math.log(math.sqrt(2 * math.pi))
 COLLECT_SOURCE = Path(__file__).with_name("collect_kernels.c")
 _COLLECT_SIGNATURES = {"actor_critic_forward": "- pipppppp", "tanh_inplace": "- pi"}
-# Codes of the activations in collect_kernels.c
-_ACTIVATION_CODES = {None: 0, th.tanh: 1, th.relu: 2}
+# The activations of a dense layer (``_dense_layers``): their codes in collect_kernels.c, their torch functions
+_ACTIVATION_CODES = {None: 0, "tanh": 1, "relu": 2}
+_ACTIVATIONS = {None: None, "tanh": th.tanh, "relu": th.relu}
+# A Linear layer and the activation after it: (weight, bias or None, "tanh", "relu" or None)
+DenseLayer = tuple[th.Tensor, th.Tensor | None, str | None]
 # Fixed entries of a plan before its layers (P_LAYERS in collect_kernels.c)
 _PLAN_HEADER = 7
 
@@ -50,6 +54,28 @@ def load_collect_kernels() -> ctypes.CDLL | None:
 def _structure(layers: list) -> list[object] | None:
     """The activation functions of a layer list, with ``None`` for each Linear layer."""
     return [activation if linear is None else None for linear, activation in layers]
+
+
+def _dense_layers(layers: list, head: th.nn.Linear) -> list[DenseLayer]:
+    """
+    :param layers: ``FastActorCritic.pi_layers`` or ``vf_layers``
+    :param head: ``action_net`` or ``value_net``
+    :return: the branch as Linear layers, each with the activation after it (``chain_from_layers`` regrouped), the
+        head last (no activation)
+    """
+    dense: list[DenseLayer] = []
+    for layer in chain_from_layers(layers, head):
+        if isinstance(layer, str):
+            weight, bias, _ = dense[-1]
+            dense[-1] = (weight, bias, layer)
+        else:
+            dense.append((*layer, None))
+    return dense
+
+
+def _bias(weight: th.Tensor, bias: th.Tensor | None) -> th.Tensor:
+    """:return: the bias of a Linear layer, zeros if it has none"""
+    return bias if bias is not None else th.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device)
 
 
 class FusedActorCritic(FastActorCritic):
@@ -82,22 +108,21 @@ class FusedActorCritic(FastActorCritic):
                 self._neg_half_inverse_variance = -0.5 / std**2
                 self._log_normaliser = (std.log() + _LOG_SQRT_2PI).sum()
 
+    def _branches(self) -> tuple[list[DenseLayer], list[DenseLayer]]:
+        """:return: the actor's and the critic's dense layers (``_dense_layers``), referencing the current parameters"""
+        assert self.pi_layers is not None and self.vf_layers is not None
+        return _dense_layers(self.pi_layers, self.action_net), _dense_layers(self.vf_layers, self.value_net)
+
     def _fuse(self) -> list[tuple[th.Tensor, th.Tensor, object]]:
         """:return: the fused network's layers (weight, bias, activation), copies of the current parameters"""
-        assert self.pi_layers is not None and self.vf_layers is not None
         fused: list[tuple[th.Tensor, th.Tensor, object]] = []
         with th.no_grad():
-            linears = [(pi[0], vf[0]) for pi, vf in zip(self.pi_layers, self.vf_layers, strict=True) if pi[0] is not None]
-            activations = [activation for linear, activation in self.pi_layers if linear is None]
-            heads = (self.action_net, self.value_net)
-            for i, (pi, vf) in enumerate([*linears, heads]):
+            for i, (pi, vf) in enumerate(zip(*self._branches(), strict=True)):
                 if i == 0:
-                    weight = th.cat([pi.weight, vf.weight])  # same input: stacked
+                    weight = th.cat([pi[0], vf[0]])  # same input: stacked
                 else:
-                    weight = th.block_diag(pi.weight, vf.weight)  # inputs side by side: block-diagonal
-                bias = th.cat([_bias(pi), _bias(vf)])
-                activation = activations[i] if i < len(activations) else None
-                fused.append((weight, bias, activation))
+                    weight = th.block_diag(pi[0], vf[0])  # inputs side by side: block-diagonal
+                fused.append((weight, th.cat([_bias(*pi[:2]), _bias(*vf[:2])]), _ACTIVATIONS[pi[2]]))
         return fused
 
     def forward(self, obs: th.Tensor, deterministic: bool = False) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
@@ -134,17 +159,13 @@ class FusedActorCritic(FastActorCritic):
         return actions, values, log_prob
 
 
-def _bias(linear: th.nn.Linear) -> th.Tensor:
-    return linear.bias if linear.bias is not None else th.zeros(linear.out_features, device=linear.weight.device)
-
-
-def _numpy_layer(x: np.ndarray, weight_t: np.ndarray, bias: np.ndarray, activation: object) -> np.ndarray:
+def _numpy_layer(x: np.ndarray, weight_t: np.ndarray, bias: np.ndarray, activation: str | None) -> np.ndarray:
     """``activation(x @ weight_t + bias)`` in NumPy (float32), in place after the product."""
     x = x @ weight_t
     x += bias
-    if activation is th.tanh:
+    if activation == "tanh":
         np.tanh(x, out=x)
-    elif activation is not None:
+    elif activation == "relu":
         np.maximum(x, 0, out=x)
     return x
 
@@ -187,87 +208,63 @@ class NumpyFusedActorCritic(FusedActorCritic):
 
     def _copy_numpy_weights(self) -> None:
         """The NumPy network (without the kernel): transposed copies of the weights, the first layers stacked."""
-        assert self.pi_layers is not None and self.vf_layers is not None
-        pi_first = next((linear for linear, _ in self.pi_layers if linear is not None), None)
-        vf_first = next((linear for linear, _ in self.vf_layers if linear is not None), None)
-        first = [self.action_net, self.value_net] if pi_first is None else [pi_first, vf_first]
-
-        def numpy_layers(layers: list, head: th.nn.Linear) -> list[tuple[np.ndarray, np.ndarray, object]]:
-            linears = [*[linear for linear, _ in layers if linear is not None][1:], head]
-            activations = [*[activation for linear, activation in layers if linear is None][1:], None]
-            return [
-                (linear.weight.detach().t().contiguous().numpy(), _bias(linear).detach().numpy(), activation)
-                for linear, activation in zip(linears, activations, strict=True)
-            ]
-
-        # The first layer stacked (same input); after it, the two branches apart (block-diagonal products would
-        # multiply zeros, and grow past the single-threaded size sooner)
+        pi, vf = self._branches()
         with th.no_grad():
-            first_weight = th.cat([linear.weight for linear in first]).t().contiguous().numpy()
-            first_bias = th.cat([_bias(linear) for linear in first]).numpy()
-        first_activation = next((activation for linear, activation in self.pi_layers if linear is None), None)
-        self._numpy_first = (first_weight, first_bias, first_activation)
-        self._numpy_split = self.pi_layers[0][0].out_features if self.pi_layers else None  # type: ignore[union-attr]
-        self._numpy_branches = (numpy_layers(self.pi_layers, self.action_net), numpy_layers(self.vf_layers, self.value_net))
+            # The first layer stacked (same input); after it, the two branches apart (block-diagonal products would
+            # multiply zeros, and grow past the single-threaded size sooner)
+            first_weight = th.cat([pi[0][0], vf[0][0]]).t().contiguous().numpy()
+            first_bias = th.cat([_bias(*pi[0][:2]), _bias(*vf[0][:2])]).numpy()
+            self._numpy_first = (first_weight, first_bias, pi[0][2])
+            # None: no hidden layer, the first layer is the stacked heads
+            self._numpy_split = pi[0][0].shape[0] if len(pi) > 1 else None
+            self._numpy_branches = tuple(
+                [
+                    (weight.t().contiguous().numpy(), _bias(weight, bias).detach().numpy(), activation)
+                    for weight, bias, activation in branch[1:]
+                ]
+                for branch in (pi, vf)
+            )
 
     def _build_plan(self) -> None:
         """
         The network for ``collect_kernels.c`` (see its header): the transposed weights and the biases copied into
         buffers made once and overwritten at every ``refresh`` (no memory is allocated per rollout), or
-        ``self._kernel = None`` without the kernel.
+        ``self._kernel = None`` without the kernel (one warning per process).
         """
         kernels = load_collect_kernels()
         self._kernel = None if kernels is None else kernels.actor_critic_forward
         if self._kernel is None:
+            warn_unavailable_once("the collection kernel", _collect_kernels_error, "collecting with the NumPy network")
             return
-        assert self.pi_layers is not None and self.vf_layers is not None
-        layers = [
-            (linear, activation)
-            for layers, head in ((self.pi_layers, self.action_net), (self.vf_layers, self.value_net))
-            for linear, activation in zip(
-                [*[linear for linear, _ in layers if linear is not None], head],
-                [*[activation for linear, activation in layers if linear is None], None],
-                strict=True,
-            )
-        ]
+        pi, vf = self._branches()
+        layers = [*pi, *vf]
         if getattr(self, "_plan_buffers", None) is None:
-            # Weights transposed [in, out], biases, the Gaussian's constants, scratch: float32 buffers the plan points to
-            widest = max(linear.out_features for linear, _ in layers)
-            self._plan_buffers = [
-                *(np.empty((linear.in_features, linear.out_features), dtype=np.float32) for linear, _ in layers),
-                *(np.empty(linear.out_features, dtype=np.float32) for linear, _ in layers),
-                *(np.empty(size, dtype=np.float32) for size in (self._split, self._split, 1, 2 * widest)),
-            ]
-            n = len(layers)
-            weights, biases, (std, nhiv, log_norm, scratch) = (
-                self._plan_buffers[:n],
-                self._plan_buffers[n : 2 * n],
-                self._plan_buffers[2 * n :],
-            )
-            n_pi = len([linear for linear, _ in self.pi_layers if linear is not None]) + 1
-            # The Gaussian's constants (0: a Categorical)
-            gaussian = [0, 0, 0] if self.is_categorical else [std.ctypes.data, nhiv.ctypes.data, log_norm.ctypes.data]
-            header = [n_pi, n - n_pi, self._split, scratch.ctypes.data, *gaussian]
+            # float32 buffers the plan points to: weights transposed [in, out], biases, scratch, the Gaussian's constants
+            self._weights = [np.empty(weight.shape[::-1], dtype=np.float32) for weight, _, _ in layers]
+            self._biases = [np.empty(weight.shape[0], dtype=np.float32) for weight, _, _ in layers]
+            scratch = np.empty(2 * max(weight.shape[0] for weight, _, _ in layers), dtype=np.float32)
+            # (std, -1 / (2 std²), the log-normaliser), or none for a Categorical (0 pointers in the plan)
+            sizes = () if self.is_categorical else (self._split, self._split, 1)
+            self._gaussian = [np.empty(size, dtype=np.float32) for size in sizes]
+            self._plan_buffers = [*self._weights, *self._biases, scratch, *self._gaussian]
+            gaussian = [buffer.ctypes.data for buffer in self._gaussian] or [0, 0, 0]
+            header = [len(pi), len(vf), self._split, scratch.ctypes.data, *gaussian]
             assert len(header) == _PLAN_HEADER
             entries = [
                 value
-                for (linear, activation), weight, bias in zip(layers, weights, biases, strict=True)
+                for (_, _, activation), weight, bias in zip(layers, self._weights, self._biases, strict=True)
                 for value in (weight.ctypes.data, bias.ctypes.data, *weight.shape, _ACTIVATION_CODES[activation])
             ]
             self._plan = np.array([*header, *entries], dtype=np.int64)
             self._plan_pointer = self._plan.ctypes.data
             self._noise: dict[int, tuple[th.Tensor, int]] = {}
-        n = len(layers)
         with th.no_grad():
-            for (linear, _), weight, bias in zip(layers, self._plan_buffers[:n], self._plan_buffers[n : 2 * n], strict=True):
-                th.from_numpy(weight).copy_(linear.weight.t())
-                th.from_numpy(bias).copy_(_bias(linear))
+            for (weight, bias, _), weight_t, bias_buffer in zip(layers, self._weights, self._biases, strict=True):
+                th.from_numpy(weight_t).copy_(weight.t())
+                th.from_numpy(bias_buffer).copy_(_bias(weight, bias))
             if not self.is_categorical:
-                for buffer, tensor in zip(
-                    self._plan_buffers[2 * n : 2 * n + 3],
-                    (self._std, self._neg_half_inverse_variance, self._log_normaliser.reshape(1)),
-                    strict=True,
-                ):
+                constants = (self._std, self._neg_half_inverse_variance, self._log_normaliser.reshape(1))
+                for buffer, tensor in zip(self._gaussian, constants, strict=True):
                     th.from_numpy(buffer).copy_(tensor)
 
     def supports_batch(self, n_rows: int) -> bool:
@@ -329,12 +326,12 @@ class NumpyFusedActorCritic(FusedActorCritic):
         n, k = x.shape[0], self._split
         # One block for every output: out [n, k], values [n, 1], actions [n, k], log-likelihoods [n]
         block = np.empty(n * (2 * k + 2), dtype=np.float32)
-        address = block.ctypes.data
+        address, size = block.ctypes.data, block.itemsize
         out, values = block[: n * k].reshape(n, k), block[n * k : n * (k + 1)].reshape(n, 1)
         if self.is_categorical:
             # out <- log-probabilities, then the probabilities; the actions drawn from them with torch's RNG
-            probs_address = address + 4 * n * (k + 1)
-            self._kernel(self._plan_pointer, n, x.ctypes.data, None, address, address + 4 * n * k, probs_address, None)
+            probs_address = address + size * n * (k + 1)
+            self._kernel(self._plan_pointer, n, x.ctypes.data, None, address, address + size * n * k, probs_address, None)
             probs = th.from_numpy(block[n * (k + 1) : n * (2 * k + 1)].reshape(n, k))
             # Categorical.sample(): multinomial(probs, 1, True); the mode: argmax
             actions = (th.argmax(probs, dim=1) if deterministic else th.multinomial(probs, 1, True).view(-1)).numpy()
@@ -347,9 +344,9 @@ class NumpyFusedActorCritic(FusedActorCritic):
             noise, noise_address = self._noise[n]
             # Normal.rsample(): eps = empty(shape).normal_(); the same draws as a new tensor of this shape
             noise.normal_()
-        actions_address = address + 4 * n * (k + 1)
-        self._kernel(self._plan_pointer, n, x.ctypes.data, noise_address, address, address + 4 * n * k, actions_address,
-                     actions_address + 4 * n * k)  # fmt: skip
+        actions_address = address + size * n * (k + 1)
+        self._kernel(self._plan_pointer, n, x.ctypes.data, noise_address, address, address + size * n * k, actions_address,
+                     actions_address + size * n * k)  # fmt: skip
         return block[n * (k + 1) : n * (2 * k + 1)].reshape(n, k), values, block[n * (2 * k + 1) :]
 
     def _categorical(self, out: np.ndarray, values: np.ndarray, deterministic: bool) -> tuple[np.ndarray, ...]:

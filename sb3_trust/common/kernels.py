@@ -19,16 +19,34 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fPIC", "-shared")
 # The C functions' signatures: result, then arguments; p = pointer, i = int64, n = int, d = double, f = float
 _TYPES = {"p": ctypes.c_void_p, "i": ctypes.c_int64, "n": ctypes.c_int, "d": ctypes.c_double, "f": ctypes.c_float, "-": None}
+# The kernels whose absence was already reported (``warn_unavailable_once``)
+_warned: set[str] = set()
 
 
 def kernels_disabled() -> bool:
     """:return: whether ``SB3_TRUST_NO_KERNELS`` asks for the paths without compiled kernels"""
     return os.environ.get("SB3_TRUST_NO_KERNELS", "") not in ("", "0")
+
+
+def warn_unavailable_once(what: str, error: str | None, fallback: str) -> None:
+    """
+    Say once per process and kernel that a slower path replaces it, and why; nothing when it is available or when
+    ``SB3_TRUST_NO_KERNELS`` asked for the fallback.
+
+    :param what: the kernel, as the message names it
+    :param error: why it cannot be had (``compile_and_load``'s second result)
+    :param fallback: what is used instead
+    """
+    if error is None or what in _warned or kernels_disabled():
+        return
+    _warned.add(what)
+    warnings.warn(f"sb3_trust: {what} unavailable ({error}); {fallback}", stacklevel=3)
 
 
 def cache_dir() -> Path:

@@ -23,7 +23,6 @@ torch path and says so once (a ``UserWarning``).
 
 import ctypes
 import os
-import warnings
 from collections.abc import Generator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -36,6 +35,7 @@ from sb3_trust.common.fast_fisher import ChainLayer, numpy_tanh_
 from sb3_trust.common.fast_rollout import FlatRollout
 from sb3_trust.common.fused_policy import NumpyFusedActorCritic
 from sb3_trust.common.kernels import compile_and_load
+from sb3_trust.common.kernels import warn_unavailable_once as warn_kernel_unavailable_once
 from sb3_trust.ppo.analytic import AnalyticPPO, MinibatchTerms
 
 SOURCE = Path(__file__).with_name("fused_kernels.c")
@@ -57,7 +57,6 @@ _POINTER, _I64 = ctypes.c_void_p, ctypes.c_int64
 
 _kernels: ctypes.CDLL | None = None
 _kernels_error: str | None = None
-_warned = False
 
 
 def load_kernels() -> ctypes.CDLL | None:
@@ -80,12 +79,7 @@ def kernels_unavailable_reason() -> str | None:
 
 def warn_unavailable_once() -> None:
     """Say once per process that TrustPPO falls back to the slower closed-form torch path, and why."""
-    global _warned
-    if not _warned and _kernels_error is not None and "SB3_TRUST_NO_KERNELS" not in _kernels_error:
-        _warned = True
-        warnings.warn(
-            f"sb3_trust: fused PPO kernels unavailable ({_kernels_error}); using the slower torch path", stacklevel=3
-        )
+    warn_kernel_unavailable_once("fused PPO kernels", _kernels_error, "using the slower torch path")
 
 
 def numpy_product_limit() -> int:
@@ -406,8 +400,9 @@ class FusedPPO:
     def minibatches(self, rollout: FlatRollout, batch_size: int | None) -> Generator[FusedMinibatch, None, None]:
         """
         ``FlatRollout.minibatches`` as rows of the rollout's table: the same permutation (one ``np.random.permutation``
-        per epoch, as ``RolloutBuffer.get()``), without splitting the rows into fields; the shuffled table is written
-        into a buffer of ``work``.
+        per epoch, as ``RolloutBuffer.get()``), without splitting the rows into fields. Each minibatch's rows are
+        gathered into the same buffer of ``work`` (not the whole shuffled epoch: that buffer would be as large as the
+        rollout), so a minibatch is valid only until the next one is drawn.
 
         :param rollout: the rollout (``begin`` returned ``True`` for it)
         :param batch_size: minibatch size (``None``: the whole rollout)
@@ -416,10 +411,12 @@ class FusedPPO:
         permutation = th.as_tensor(np.random.permutation(rollout.n_samples), device=rollout.device)
         if batch_size is None:
             batch_size = rollout.n_samples
-        shuffled = self.work.get(("shuffled",), *rollout.table.shape)
-        th.index_select(rollout.table, 0, permutation, out=shuffled)
+        batch = self.work.get(("minibatch",), min(batch_size, rollout.n_samples), rollout.table.shape[1])
         for start in range(0, rollout.n_samples, batch_size):
-            yield FusedMinibatch(shuffled[start : start + batch_size], permutation[start : start + batch_size])
+            indices = permutation[start : start + batch_size]
+            rows = batch[: indices.shape[0]]
+            th.index_select(rollout.table, 0, indices, out=rows)
+            yield FusedMinibatch(rows, indices)
 
     @th.no_grad()
     def terms(
@@ -435,6 +432,7 @@ class FusedPPO:
         kl_coef: float = 0.0,
         reference: tuple[th.Tensor, th.Tensor] | None = None,
         reference_coef: float = 0.0,
+        stats_out: tuple[th.Tensor, th.Tensor, th.Tensor] | None = None,
     ) -> MinibatchTerms:
         """
         :param batch: the minibatch (``minibatches``)
@@ -450,6 +448,8 @@ class FusedPPO:
         :param reference: π_ref's parameters on the minibatch, for the term ``reference_coef · mean(KL(π ‖ π_ref))``
             (the loss placement of the reference KL), or ``None``
         :param reference_coef: β of the reference KL
+        :param stats_out: where the ratios ``[n]``, log-ratios ``[n]`` and scalars ``[N_SCALARS]`` are written (the returned
+            terms are views of them), or ``None`` for new tensors
         :return: the terms; the gradient is in ``self.grad`` (``grads`` are its per-parameter views)
         """
         analytic = self.analytic
@@ -463,7 +463,7 @@ class FusedPPO:
         values = chain_forward_into(analytic.critic, observations, critic_cache, analytic.numpy_tanh, self.work, "critic")
         assert self._head_buffers is not None
         grad_out, grad_values = self._head_buffers[0][:n], self._head_buffers[1][:n]
-        ratio, log_ratio, scalars = th.empty(n), th.empty(n), th.empty(N_SCALARS)
+        ratio, log_ratio, scalars = (th.empty(n), th.empty(n), th.empty(N_SCALARS)) if stats_out is None else stats_out
         log_std = analytic.log_std
         self.kernels.ppo_head(
             n,

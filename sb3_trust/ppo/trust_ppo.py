@@ -1,5 +1,4 @@
 import os
-from collections import defaultdict
 from collections.abc import Iterator
 from typing import Any, ClassVar, TypeVar
 
@@ -59,7 +58,18 @@ from sb3_trust.common.validation import (
     check_schedule_value,
 )
 from sb3_trust.ppo.analytic import AnalyticPPO, MinibatchTerms, analytic_ppo
-from sb3_trust.ppo.fused import FusedMinibatch, FusedPPO, load_kernels, warn_unavailable_once
+from sb3_trust.ppo.fused import (
+    ENTROPY_LOSS,
+    LOSS,
+    POLICY_LOSS,
+    VALUE_CLIP_FRACTION,
+    VALUE_LOSS,
+    FusedMinibatch,
+    FusedPPO,
+    load_kernels,
+    warn_unavailable_once,
+)
+from sb3_trust.ppo.update_stats import UpdateStats
 
 SelfTrustPPO = TypeVar("SelfTrustPPO", bound="TrustPPO")
 # π_old: its distribution parameters on the rollout (lean path) or a frozen copy of the policy (generic path)
@@ -68,15 +78,14 @@ OldPolicy = tuple[th.Tensor, th.Tensor] | ActorCriticPolicy
 ReferenceSource = tuple[th.Tensor, th.Tensor] | ReferencePolicy | None
 
 
-def mean_over_minibatches(values: list[th.Tensor]) -> float:
+def minibatch_size(rollout_data: FusedMinibatch | Minibatch | RolloutBufferSamples) -> int:
     """
-    :param values: one tensor of per-sample values per minibatch
-    :return: the mean over minibatches of each minibatch's mean (how SB3 reduces its logged statistics), in one
-        reduction when the minibatches have the same size
+    :param rollout_data: a minibatch of any path
+    :return: its number of samples
     """
-    if len({value.shape for value in values}) == 1:
-        return th.stack(values).mean(dim=1).mean().item()
-    return th.stack([value.mean() for value in values]).mean().item()
+    if isinstance(rollout_data, FusedMinibatch):
+        return rollout_data.rows.shape[0]
+    return rollout_data.advantages.shape[0]
 
 
 class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
@@ -190,7 +199,7 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
     # Rows per forward pass over the whole rollout (π_old's parameters, the post-update KL), at most: the minibatch size
     # if smaller. Bounds the transient memory, which the allocator would otherwise keep (peak RSS grew by ~15 MB per
     # update on LunarLander's 16k-sample rollouts), and the BLAS's own buffers (products of more rows than a minibatch's
-    # made the first update's peak RSS ~5 MB higher than SB3 PPO's on HalfCheetah's 256×256 zoo config)
+    # raised the first update's peak RSS by ~2 MB on HalfCheetah's 256×256 zoo config)
     _ROLLOUT_CHUNK = 2048
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
         "MlpPolicy": ActorCriticPolicy,
@@ -363,6 +372,10 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         self._analytic = self._analytic_for = self._direct_adam = None
         self._fused = self._fused_for = None
         self._fused_update = self._fused_update_for = None
+        # Buffers reused from update to update (never saved): the logged statistics, the rollout's table
+        self._update_stats = UpdateStats()
+        self._rollout_table: th.Tensor | None = None
+        self._old_params: th.Tensor | None = None
 
     def _excluded_save_params(self) -> list[str]:
         return [
@@ -377,6 +390,9 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
             "_fused_for",
             "_fused_update",
             "_fused_update_for",
+            "_update_stats",
+            "_rollout_table",
+            "_old_params",
             *REFERENCE_EXCLUDED_SAVE_PARAMS,
         ]
 
@@ -411,20 +427,40 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
             self._kl_coef = check_schedule_value("kl_coef", kl_coef, low=0.0, low_inclusive=True)
         return self._kl_coef
 
+    def _params_in_chunks(
+        self, fast: FastActorCritic, rollout: FlatRollout
+    ) -> Iterator[tuple[slice, tuple[th.Tensor, th.Tensor]]]:
+        """
+        :param fast: the lean policy path
+        :param rollout: the rollout
+        :return: the current policy's distribution parameters on the rollout's states, in chunks of ``_ROLLOUT_CHUNK``
+            rows, or ``batch_size`` if fewer (the intermediates of a whole rollout would raise the peak memory), with
+            the rows of each chunk (call it under ``th.no_grad()``)
+        """
+        n = rollout.n_samples
+        size = min(self._ROLLOUT_CHUNK, self.batch_size or self._ROLLOUT_CHUNK)
+        for start in range(0, n, size):
+            rows = slice(start, min(start + size, n))
+            yield rows, fast.distribution_params(fast.latent_pi(rollout.observations[rows]))
+
     def _distribution_params(self, fast: FastActorCritic, rollout: FlatRollout) -> tuple[th.Tensor, th.Tensor]:
         """
         :param fast: the lean policy path
         :param rollout: the rollout
-        :return: the current policy's distribution parameters on every state of the rollout (in chunks of
-            ``_ROLLOUT_CHUNK`` rows, or ``batch_size`` if fewer; the result is only ``n × action dims``): π_old's before
-            the update, π_new's after it
+        :return: the current policy's distribution parameters on every state of the rollout (π_old's before the
+            update), in a buffer reused from update to update; the chunks are written into it as they come, so that
+            none stays alive among the next chunks' temporaries
         """
+        weight = fast.action_net.weight
+        shape = (2, rollout.n_samples, weight.shape[0])
+        buffer = self._old_params
+        if buffer is None or buffer.shape != shape or buffer.dtype != weight.dtype or buffer.device != weight.device:
+            buffer = self._old_params = th.empty(shape, dtype=weight.dtype, device=weight.device)
+        params = buffer.unbind()
         with th.no_grad():
-            chunks = rollout.observations.split(min(self._ROLLOUT_CHUNK, self.batch_size or self._ROLLOUT_CHUNK))
-            pieces = [fast.distribution_params(fast.latent_pi(chunk)) for chunk in chunks]
-            if len(pieces) == 1:
-                return pieces[0]
-            return th.cat([piece[0] for piece in pieces]), th.cat([piece[1] for piece in pieces])
+            for rows, piece in self._params_in_chunks(fast, rollout):
+                params[0][rows], params[1][rows] = piece
+        return params[0], params[1]
 
     def _rollout_kl(self, old: OldPolicy, rollout: FlatRollout | None) -> float:
         """
@@ -435,7 +471,10 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         with th.no_grad():
             fast = self._fast_path()
             if fast is not None and rollout is not None and isinstance(old, tuple):
-                return kl_from_params(old, self._distribution_params(fast, rollout), fast.is_categorical).mean().item()
+                kl = th.empty(rollout.n_samples, dtype=old[0].dtype, device=old[0].device)
+                for rows, new in self._params_in_chunks(fast, rollout):
+                    kl[rows] = kl_from_params((old[0][rows], old[1][rows]), new, fast.is_categorical)
+                return kl.mean().item()
             assert isinstance(old, ActorCriticPolicy)
             total, count = 0.0, 0
             for rollout_data in iterate_rollout_in_order(self.rollout_buffer):
@@ -683,7 +722,10 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         # π_old, the policy before this update, for the exact KL: its distribution parameters on the rollout
         # (lean path), or a frozen copy of the policy (generic path)
         fast = self._fast_path()
-        rollout = FlatRollout(self.rollout_buffer, self.device) if fast is not None else None
+        rollout = None
+        if fast is not None:
+            rollout = FlatRollout(self.rollout_buffer, self.device, self._rollout_table)
+            self._rollout_table = rollout.table if rollout.same_dtype else None
         old: OldPolicy
         if fast is not None and rollout is not None:
             old = self._distribution_params(fast, rollout)
@@ -724,6 +766,7 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         clip_range_vf: float | None,
         ent_coef: float,
         kl_coef: float,
+        out: tuple[th.Tensor, th.Tensor, th.Tensor],
     ) -> MinibatchTerms:
         """
         The loss terms of one minibatch, by the fused kernels, the closed-form path or autograd (in that order of
@@ -739,6 +782,7 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         :param clip_range_vf: ε_v or ``None``
         :param ent_coef: entropy coefficient
         :param kl_coef: β of the KL penalty
+        :param out: where the fused kernels write the ratios, log-ratios and scalars (``UpdateStats.next``)
         :return: the terms
         """
         need_kl = self.policy_loss == "kl_penalty"
@@ -771,6 +815,7 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
                 kl_coef,
                 reference_rows,
                 reference_coef,
+                out,
             )
         assert isinstance(rollout_data, Minibatch)
         return analytic.terms(
@@ -811,33 +856,40 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         analytic = self._analytic_path(parameters) if rollout is not None else None
         fused = self._fused_path(analytic, parameters, rollout)
 
-        stats: dict[str, list[th.Tensor]] = defaultdict(list)
+        n_samples = self.rollout_buffer.buffer_size * self.rollout_buffer.n_envs
+        batch_size = n_samples if self.batch_size is None else min(self.batch_size, n_samples)
+        stats = self._update_stats
+        stats.begin(self.n_epochs * -(-n_samples // batch_size), self.n_epochs * n_samples, parameters[0].dtype, self.device)
         continue_training = True
         epochs_completed = 0
         # train for n_epochs epochs
-        ratios: list[th.Tensor] = []
         for epoch in range(self.n_epochs):
-            log_ratios: list[th.Tensor] = []  # of this epoch's minibatches (SB3 logs the last epoch's approx_kl)
+            stats.begin_epoch()  # SB3 logs the last epoch's approx_kl
             # Do a complete pass on the rollout buffer (same minibatches and random draws on both paths)
             for rollout_data in self._minibatches(rollout, fused):
+                # What is logged goes into buffers made once (no tensor kept per minibatch), reduced after the update
+                slots = stats.next(minibatch_size(rollout_data))
                 terms = self._minibatch_terms(
-                    rollout_data, analytic, fused, old, reference, reference_coef, clip_range, clip_range_vf, ent_coef, kl_coef
+                    rollout_data,
+                    analytic,
+                    fused,
+                    old,
+                    reference,
+                    reference_coef,
+                    clip_range,
+                    clip_range_vf,
+                    ent_coef,
+                    kl_coef,
+                    slots,
                 )
-                loss = terms.loss
-                # What is logged, reduced after the update (no work per minibatch)
-                stats["policy_gradient_loss"].append(terms.policy_loss)
-                stats["value_loss"].append(terms.value_loss)
-                stats["value_clip_fraction"].append(terms.value_clip_fraction)
-                stats["entropy_loss"].append(terms.entropy_loss)
-                ratios.append(terms.ratio)
-                log_ratios.append(terms.log_ratio)
+                stats.store(terms, slots)
 
                 if self.target_kl is not None:
                     # k3 estimate of KL(π_old ‖ π_new) on the minibatch, for SB3's early stopping
                     # see issue #417: https://github.com/DLR-RM/stable-baselines3/issues/417
                     # and discussion in PR #419: https://github.com/DLR-RM/stable-baselines3/pull/419
                     # and Schulman blog: http://joschu.net/blog/kl-approx.html
-                    approx_kl_div = approx_kl_k3(log_ratios[-1]).item()
+                    approx_kl_div = approx_kl_k3(slots[1]).item()
                     if approx_kl_div > 1.5 * self.target_kl:
                         continue_training = False
                         if self.verbose >= 1:
@@ -862,18 +914,14 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         # KL(π ‖ π_ref) after the update: logged, and drives the reference β controller if any
         after_update(self)
 
-        means = {key: th.stack(values).mean().item() for key, values in stats.items()}
-        # Means over minibatches of per-minibatch means, as SB3
-        means["clip_fraction"] = mean_over_minibatches([(th.abs(ratio - 1) > clip_range).float() for ratio in ratios])
-        means["ratio_mean"] = mean_over_minibatches(ratios)
-        approx_kl = mean_over_minibatches([th.exp(log_ratio) - 1 - log_ratio for log_ratio in log_ratios])
-        # Logs: SB3's keys with SB3's meanings (approx_kl: mean over the last epoch; loss: last minibatch)
-        self.logger.record("train/entropy_loss", means["entropy_loss"])
-        self.logger.record("train/policy_gradient_loss", means["policy_gradient_loss"])
-        self.logger.record("train/value_loss", means["value_loss"])
-        self.logger.record("train/approx_kl", approx_kl)
-        self.logger.record("train/clip_fraction", means["clip_fraction"])
-        self.logger.record("train/loss", loss.item())
+        # Logs: SB3's keys with SB3's meanings (means over minibatches of per-minibatch means; approx_kl: mean over the
+        # last epoch; loss: last minibatch)
+        self.logger.record("train/entropy_loss", stats.mean(ENTROPY_LOSS))
+        self.logger.record("train/policy_gradient_loss", stats.mean(POLICY_LOSS))
+        self.logger.record("train/value_loss", stats.mean(VALUE_LOSS))
+        self.logger.record("train/approx_kl", stats.last_epoch_kl())
+        self.logger.record("train/clip_fraction", stats.clip_fraction(clip_range))
+        self.logger.record("train/loss", stats.last(LOSS))
         self.logger.record("train/explained_variance", explained_var)
         if hasattr(self.policy, "log_std"):
             self.logger.record("train/std", th.exp(self.policy.log_std).mean().item())
@@ -881,14 +929,14 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         self.logger.record("train/clip_range", clip_range)
         if clip_range_vf is not None:
             self.logger.record("train/clip_range_vf", clip_range_vf)
-            self.logger.record("train/value_clip_fraction", means["value_clip_fraction"])
+            self.logger.record("train/value_clip_fraction", stats.mean(VALUE_CLIP_FRACTION))
         # sb3_trust's diagnostics
         self.logger.record("train/kl", rollout_kl)
         if self.policy_loss == "kl_penalty":
             self.logger.record("train/kl_coef", self._kl_coef)
         self.logger.record("train/early_stop_fraction", epochs_completed / self.n_epochs)
-        self.logger.record("train/ratio_max", th.cat(ratios).max().item())
-        self.logger.record("train/ratio_mean", means["ratio_mean"])
+        self.logger.record("train/ratio_max", stats.ratio.max().item())
+        self.logger.record("train/ratio_mean", stats.ratio_mean())
         self.logger.record("train/ent_coef", ent_coef)
 
     def learn(
