@@ -103,8 +103,8 @@ class Workspace:
     """
     Float32 buffers for a minibatch's intermediate results, made once per (name, shape) and overwritten at every
     minibatch. Besides saving the allocations, this keeps the process's heap from growing: tens of freshly allocated
-    64 KB intermediates per minibatch, between the small tensors an update keeps (its per-minibatch statistics),
-    fragmented glibc's heap, and peak RSS grew by 10-20 MB over SB3 PPO's on HalfCheetah's 256×256 zoo config.
+    64 KB intermediates per minibatch fragmented glibc's heap, and peak RSS grew by 10-20 MB over SB3 PPO's on
+    HalfCheetah's 256×256 zoo config.
     """
 
     def __init__(self) -> None:

@@ -766,7 +766,7 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         clip_range_vf: float | None,
         ent_coef: float,
         kl_coef: float,
-        out: tuple[th.Tensor, th.Tensor, th.Tensor],
+        stats_out: tuple[th.Tensor, th.Tensor, th.Tensor],
     ) -> MinibatchTerms:
         """
         The loss terms of one minibatch, by the fused kernels, the closed-form path or autograd (in that order of
@@ -782,7 +782,7 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         :param clip_range_vf: ε_v or ``None``
         :param ent_coef: entropy coefficient
         :param kl_coef: β of the KL penalty
-        :param out: where the fused kernels write the ratios, log-ratios and scalars (``UpdateStats.next``)
+        :param stats_out: where the fused kernels write the ratios, log-ratios and scalars (``UpdateStats.next``)
         :return: the terms
         """
         need_kl = self.policy_loss == "kl_penalty"
@@ -815,7 +815,7 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
                 kl_coef,
                 reference_rows,
                 reference_coef,
-                out,
+                stats_out,
             )
         assert isinstance(rollout_data, Minibatch)
         return analytic.terms(
