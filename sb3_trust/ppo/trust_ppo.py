@@ -859,7 +859,8 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         n_samples = self.rollout_buffer.buffer_size * self.rollout_buffer.n_envs
         batch_size = n_samples if self.batch_size is None else min(self.batch_size, n_samples)
         stats = self._update_stats
-        stats.begin(self.n_epochs * -(-n_samples // batch_size), self.n_epochs * n_samples, parameters[0].dtype, self.device)
+        n_minibatches = self.n_epochs * -(-n_samples // batch_size)
+        stats.begin(n_minibatches, n_samples, clip_range, parameters[0].dtype, self.device)
         continue_training = True
         epochs_completed = 0
         # train for n_epochs epochs
@@ -899,6 +900,7 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
                 # Optimization step
                 self._optimizer_step(terms, parameters, epoch)
 
+            stats.end_epoch()
             self._n_updates += 1
             if not continue_training:
                 break
@@ -920,7 +922,7 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         self.logger.record("train/policy_gradient_loss", stats.mean(POLICY_LOSS))
         self.logger.record("train/value_loss", stats.mean(VALUE_LOSS))
         self.logger.record("train/approx_kl", stats.last_epoch_kl())
-        self.logger.record("train/clip_fraction", stats.clip_fraction(clip_range))
+        self.logger.record("train/clip_fraction", stats.clip_fraction())
         self.logger.record("train/loss", stats.last(LOSS))
         self.logger.record("train/explained_variance", explained_var)
         if hasattr(self.policy, "log_std"):
@@ -935,7 +937,7 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         if self.policy_loss == "kl_penalty":
             self.logger.record("train/kl_coef", self._kl_coef)
         self.logger.record("train/early_stop_fraction", epochs_completed / self.n_epochs)
-        self.logger.record("train/ratio_max", stats.ratio.max().item())
+        self.logger.record("train/ratio_max", stats.ratio_max())
         self.logger.record("train/ratio_mean", stats.ratio_mean())
         self.logger.record("train/ent_coef", ent_coef)
 
