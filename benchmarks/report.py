@@ -253,7 +253,7 @@ def load_results(results_dir: str | Path, exclude_stale: bool = False, current: 
             steps_per_s=record.get("timing", {}).get("steps_per_s"),
             curve_t=np.array([point["timesteps"] for point in curve], dtype=float),
             curve_mean=np.array([point["mean"] for point in curve], dtype=float),
-            host=record.get("host", {}).get("hostname", "?"),
+            host=machine(record),
             stale=staleness(record, current),
             last_100=(record.get("training_episodes") or {}).get("last_100_mean"),
         )
@@ -685,12 +685,7 @@ def _row(results: Results, group: Group, iqm: dict[str, tuple[float, float, floa
     fam = family(group.algo)
     published = refs.primary(group.env, fam) if fam else None
     reference = results.reference_of(group)
-    ratio = "–"
-    hosts = ""
-    if reference is not None and group.speed and reference.speed:
-        ratio = f"{group.speed / reference.speed:.2f}×"
-        if {run.host for run in group.runs} != {run.host for run in reference.runs}:
-            hosts = " (other hosts)"
+    ratio = speed_ratio(group, reference) or "–"
     if ALGOS.get(group.algo) is not None and ALGOS[group.algo].is_reference:
         decision, p = "reference", None
         ratio = "1.00×" if group.speed else "–"
@@ -707,9 +702,34 @@ def _row(results: Results, group: Group, iqm: dict[str, tuple[float, float, floa
         iqm_text,
         published.describe() if published else "–",
         _num(group.speed, 0),
-        ratio + hosts,
+        ratio,
         decision + (f" (p = {p:.3f})" if p is not None else ""),
     ]
+
+
+def machine(record: dict[str, Any]) -> str:
+    """
+    :param record: a result record
+    :return: the machine it ran on: host name and platform (one host name can stand for several virtual machines,
+        whose platform strings differ, and whose speeds do too)
+    """
+    host = record.get("host", {})
+    return " ".join(part for part in (host.get("hostname", "?"), host.get("platform")) if part)
+
+
+def speed_ratio(group: "Group", reference: "Group | None") -> str | None:
+    """
+    :param group: runs of ours
+    :param reference: the reference's runs
+    :return: the ratio of their mean speeds (``"1.23×"``), flagged ``(other hosts)`` unless both ran on the same
+        machines (then the load may differ too, but not the machine); ``None`` without speeds
+    """
+    if reference is None or not group.speed or not reference.speed:
+        return None
+    ratio = f"{group.speed / reference.speed:.2f}×"
+    if {run.host for run in group.runs} != {run.host for run in reference.runs}:
+        ratio += " (other hosts)"
+    return ratio
 
 
 def _env_section(results: Results, env: str, reps: int, plot: str | None) -> str:
@@ -769,8 +789,8 @@ def _summary(results: Results) -> str:
     def cell(group: Group) -> str:
         reference = results.reference_of(group)
         decision, _ = verdict(group, reference)
-        ratio = f", {group.speed / reference.speed:.2f}× speed" if reference and group.speed and reference.speed else ""
-        return f"{decision}; {_runs(len(group.runs))}{ratio}"
+        ratio = speed_ratio(group, reference)
+        return f"{decision}; {_runs(len(group.runs))}" + (f", {ratio.replace('×', '× speed', 1)}" if ratio else "")
 
     return _env_table(results, False, cell, "No finished runs of our algorithms yet.\n")
 

@@ -531,3 +531,21 @@ def test_code_hash_covers_the_c_kernels(tmp_path, source, stales):
     kernels.write_text(kernels.read_text() + "\n/* changed */\n")
     after = {family: runner.algorithm_code_hash(copy, family)["hash"] for family in ("ppo", "trpo")}
     assert {family: after[family] != before[family] for family in after} == stales
+
+
+def test_speed_ratio_is_flagged_across_machines():
+    """Runs of one host name on different virtual machines (platform strings) are not compared silently."""
+    from benchmarks.report import Group, Run, machine, speed_ratio
+
+    first = machine({"host": {"hostname": "vm", "platform": "Linux-6.18.44-fc-v857-x86_64"}})
+    second = machine({"host": {"hostname": "vm", "platform": "Linux-6.18.44-fc-v1252-x86_64"}})
+    assert first != second and machine({"host": {"hostname": "vm"}}) == "vm"
+
+    def group(speed: float, hosts: list[str]) -> Group:
+        runs = [Run(f"r{i}", i, 0.0, speed, np.zeros(1), np.zeros(1), host, []) for i, host in enumerate(hosts)]
+        return Group("CartPole-v1", "x", 1, runs=runs)
+
+    assert speed_ratio(group(300.0, [first, first]), group(100.0, [first])) == "3.00×"
+    assert speed_ratio(group(300.0, [first, second]), group(100.0, [first])) == "3.00× (other hosts)"
+    assert speed_ratio(group(300.0, [second]), group(100.0, [first])) == "3.00× (other hosts)"
+    assert speed_ratio(group(300.0, [first]), None) is None
