@@ -717,16 +717,17 @@ def machine(record: dict[str, Any]) -> str:
     return " ".join(part for part in (host.get("hostname", "?"), host.get("platform")) if part)
 
 
-def speed_ratio(group: "Group", reference: "Group | None") -> str | None:
+def speed_ratio(group: "Group", reference: "Group | None", label: str = "") -> str | None:
     """
     :param group: runs of ours
     :param reference: the reference's runs
+    :param label: written after the ratio (``" speed"``: ``"1.23× speed"``)
     :return: the ratio of their mean speeds (``"1.23×"``), flagged ``(other hosts)`` unless both ran on the same
         machines (then the load may differ too, but not the machine); ``None`` without speeds
     """
     if reference is None or not group.speed or not reference.speed:
         return None
-    ratio = f"{group.speed / reference.speed:.2f}×"
+    ratio = f"{group.speed / reference.speed:.2f}×{label}"
     if {run.host for run in group.runs} != {run.host for run in reference.runs}:
         ratio += " (other hosts)"
     return ratio
@@ -789,8 +790,8 @@ def _summary(results: Results) -> str:
     def cell(group: Group) -> str:
         reference = results.reference_of(group)
         decision, _ = verdict(group, reference)
-        ratio = speed_ratio(group, reference)
-        return f"{decision}; {_runs(len(group.runs))}" + (f", {ratio.replace('×', '× speed', 1)}" if ratio else "")
+        ratio = speed_ratio(group, reference, " speed")
+        return f"{decision}; {_runs(len(group.runs))}" + (f", {ratio}" if ratio else "")
 
     return _env_table(results, False, cell, "No finished runs of our algorithms yet.\n")
 

@@ -548,4 +548,5 @@ def test_speed_ratio_is_flagged_across_machines():
     assert speed_ratio(group(300.0, [first, first]), group(100.0, [first])) == "3.00×"
     assert speed_ratio(group(300.0, [first, second]), group(100.0, [first])) == "3.00× (other hosts)"
     assert speed_ratio(group(300.0, [second]), group(100.0, [first])) == "3.00× (other hosts)"
+    assert speed_ratio(group(300.0, [second]), group(100.0, [first]), " speed") == "3.00× speed (other hosts)"
     assert speed_ratio(group(300.0, [first]), None) is None
