@@ -17,7 +17,7 @@ import sb3_trust.ppo.fused as fused_module
 from sb3_trust import TrustPPO
 from sb3_trust.common.fast_rollout import FlatRollout
 from sb3_trust.ppo.analytic import analytic_ppo
-from sb3_trust.ppo.fused import FusedAdam, FusedPPO, load_kernels
+from sb3_trust.ppo.fused import FusedAdam, FusedPPO, HeadSettings, load_kernels
 
 
 @pytest.fixture
@@ -95,7 +95,8 @@ def test_minibatch_terms_match_closed_form_path(kernels, env_id, variant, with_r
         batch, settings["policy_loss"], 0.2, 0.7, old_rows, **common, reference=reference_rows, reference_coef=0.4
     )
     clip_range = 0.2 if settings["policy_loss"] == "clip" else None
-    got = fused.terms(rows, clip_range, **common, old=old_rows, kl_coef=0.7, reference=reference_rows, reference_coef=0.4)
+    settings = HeadSettings(clip_range, **common, kl_coef=0.7, reference_coef=0.4)
+    got = fused.terms(rows, settings, old=old_rows, reference=reference_rows)
     for name in ("loss", "policy_loss", "value_loss", "entropy_loss", "value_clip_fraction", "ratio", "log_ratio"):
         th.testing.assert_close(getattr(got, name), getattr(expected, name), rtol=2e-5, atol=1e-6, msg=name)
     assert expected.grads is not None and got.grads is not None
@@ -316,3 +317,129 @@ def test_chain_products_into_the_workspace():
         assert len(cache_into) == len(cache) and cache_into[0] is x
         for a, b in zip(cache_into, cache, strict=True):
             th.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+# ReLU networks train through whole epochs in one C call (FusedPPO.epoch); Tanh ones keep the per-minibatch path
+# Products by NumPy's BLAS (the actor's, some of which differ from th.mm's in the last bits) and by th.mm (the critic's)
+RELU_NET = dict(activation_fn=th.nn.ReLU, net_arch=dict(pi=[4, 64], vf=[256, 256]))
+EPOCH_CASES = {
+    "gaussian-clip": ("Pendulum-v1", dict()),
+    "gaussian-uneven-kl-penalty": ("Pendulum-v1", dict(batch_size=100, policy_loss="kl_penalty")),
+    "gaussian-vf-max-ent-no-adv-norm": (
+        "Pendulum-v1",
+        dict(clip_range_vf=0.2, vf_clip_mode="max", ent_coef=0.01, normalize_advantage=False, n_steps=200, batch_size=50),
+    ),
+    "gaussian-reference-kl": ("Pendulum-v1", dict(reference_kl_mode="loss", reference_kl_coef=0.3)),
+    "categorical-unclipped-ent": ("CartPole-v1", dict(policy_loss="unclipped", ent_coef=0.01, batch_size=96)),
+    "categorical-reference-kl-weight-decay": (
+        "CartPole-v1",
+        dict(reference_kl_mode="loss", policy_kwargs=dict(**RELU_NET, optimizer_kwargs=dict(weight_decay=1e-3))),
+    ),
+}
+
+
+def _relu_model(env_id: str, settings: dict) -> TrustPPO:
+    settings = dict(settings)
+    if "reference_kl_mode" in settings:
+        reference = TrustPPO("MlpPolicy", env_id, seed=9, device="cpu")
+        _perturb(reference, 0.5)
+        settings["reference_policy"] = reference.policy
+    kwargs = dict(n_steps=256, batch_size=64, n_epochs=3, seed=3, device="cpu", policy_kwargs=RELU_NET)
+    return TrustPPO("MlpPolicy", env_id, **{**kwargs, **settings})
+
+
+@pytest.mark.parametrize("case", list(EPOCH_CASES))
+def test_epochs_in_one_call_are_the_minibatch_path_bit_for_bit(case, monkeypatch):
+    """Oracle: the per-minibatch fused path (itself held to the closed-form path above and to SB3 PPO by the parity
+    tests), on the same seed: the same permutations, products, losses and Adam steps, so identical parameters, optimizer
+    state and logs after four updates."""
+    env_id, settings = EPOCH_CASES[case]
+    calls: list[int] = []
+    epoch = FusedPPO.epoch
+    monkeypatch.setattr(FusedPPO, "epoch", lambda self, *args: calls.append(1) or epoch(self, *args))
+    ours = _relu_model(env_id, settings).learn(1024)
+    n_epochs = ours._n_updates  # SB3 counts epochs
+    assert (
+        n_epochs >= 12 and len(calls) == n_epochs - 1
+    )  # every epoch but the first: the optimizer's state is made by the first step
+    monkeypatch.setattr(FusedPPO, "plan_epochs", lambda self, *args, **kwargs: False)
+    theirs = _relu_model(env_id, settings).learn(1024)
+    assert len(calls) == n_epochs - 1
+    for a, b in zip(ours.policy.parameters(), theirs.policy.parameters(), strict=True):
+        assert th.equal(a, b)
+    ours_state, theirs_state = ours.policy.optimizer.state_dict()["state"], theirs.policy.optimizer.state_dict()["state"]
+    for key, state in theirs_state.items():
+        for name in ("exp_avg", "exp_avg_sq", "step"):
+            assert th.equal(ours_state[key][name], state[name])
+    logged, expected = ours.logger.name_to_value, theirs.logger.name_to_value
+    assert {key: value for key, value in logged.items() if not key.startswith("time/")} == {
+        key: value for key, value in expected.items() if not key.startswith("time/")
+    }
+
+
+def test_tanh_networks_and_target_kl_keep_the_minibatch_path(monkeypatch):
+    calls: list[int] = []
+    epoch = FusedPPO.epoch
+    monkeypatch.setattr(FusedPPO, "epoch", lambda self, *args: calls.append(1) or epoch(self, *args))
+    TrustPPO("MlpPolicy", "Pendulum-v1", n_steps=64, batch_size=32, n_epochs=2, seed=0).learn(128)
+    TrustPPO(
+        "MlpPolicy", "Pendulum-v1", n_steps=64, batch_size=32, n_epochs=2, seed=0, target_kl=0.01, policy_kwargs=RELU_NET
+    ).learn(128)
+    assert calls == []
+    TrustPPO("MlpPolicy", "Pendulum-v1", n_steps=64, batch_size=32, n_epochs=2, seed=0, policy_kwargs=RELU_NET).learn(128)
+    assert calls == [1, 1, 1]
+
+
+def test_relu_layers():
+    from sb3_trust.ppo.fused import relu_layers
+
+    w1, b1, w2, b2 = th.zeros(8, 3), th.zeros(8), th.zeros(2, 8), th.zeros(2)
+    assert relu_layers([(w1, b1), "relu", (w2, None)]) == [(0, w1, b1, True), (2, w2, None, False)]
+    assert relu_layers([(w2, b2)]) == [(0, w2, b2, False)]
+    assert relu_layers([(w1, b1), "tanh", (w2, b2)]) is None
+    assert relu_layers([(w1, b1), "relu", "relu", (w2, b2)]) is None
+    assert relu_layers([(w1, b1), "relu"]) is None  # ReLU on the output: not an SB3 head
+    assert relu_layers(["relu", (w1, b1)]) is None
+
+
+def test_epoch_stops_at_a_non_finite_minibatch_without_stepping(kernels):
+    """The C epoch's contract with TrustPPO._update: the index of the first non-finite minibatch, and no step taken
+    from it on (guarded_update then restores the earlier ones, test_reliability.py)."""
+    model = _relu_model("Pendulum-v1", dict(n_steps=128, batch_size=32)).learn(128)
+    fused = model._fused_update
+    assert fused is not None and fused._plan is not None and fused.adam_bound
+    rollout = FlatRollout(model.rollout_buffer, model.device, model._rollout_table)
+    with th.no_grad():
+        model.policy.value_net.weight.fill_(float("nan"))
+    before = [param.clone() for param in model.policy.parameters()]
+    stats = model._update_stats
+    stats.begin(4, 128, 0.2, th.float32, th.device("cpu"))
+    slots = stats.next_epoch([32] * 4)
+    assert fused.epoch(rollout, 32, slots) == 0
+    assert th.isnan(slots[2][0, fused_module.VALUE_LOSS]) and th.isfinite(slots[2][0, fused_module.POLICY_LOSS])
+    for a, b in zip(before, model.policy.parameters(), strict=True):
+        th.testing.assert_close(b, a, rtol=0, atol=0, equal_nan=True)
+
+
+def test_non_finite_loss_in_a_c_epoch_restores_the_update(monkeypatch):
+    from sb3_trust.common.safety import NonFiniteError
+
+    model = _relu_model("Pendulum-v1", dict(n_steps=128, batch_size=32)).learn(128)
+    before = [param.clone() for param in model.policy.parameters()]
+    n_updates = model._n_updates
+    epoch = FusedPPO.epoch
+    calls: list[int] = []
+
+    def poisoned(self, *args):
+        calls.append(1)
+        if len(calls) == 2:  # after one whole epoch of steps, poison the value head
+            with th.no_grad():
+                model.policy.value_net.weight.fill_(float("nan"))
+        return epoch(self, *args)
+
+    monkeypatch.setattr(FusedPPO, "epoch", poisoned)
+    with pytest.raises(NonFiniteError, match=r"non-finite value_loss in update \d+, epoch 1 "):
+        model.learn(128, reset_num_timesteps=False)
+    for a, b in zip(before, model.policy.parameters(), strict=True):
+        assert th.equal(a, b)
+    assert model._n_updates == n_updates

@@ -16,6 +16,14 @@ are accumulated in double precision, so results differ from it (and from SB3 PPO
 closed-form path's already do: ``tests/test_ppo_parity.py`` holds TrustPPO to SB3 PPO's parameters with this path
 enabled, and ``tests/test_ppo_fused.py`` compares each function with its torch counterpart.
 
+For networks of Linear layers each followed by ReLU or by nothing (HalfCheetah's zoo config), ``FusedPPO.epoch``
+runs a whole epoch in one call (``ppo_epoch``): the permutation's minibatches, the forward and backward products, the
+head and the optimizer step, in C. Its products call the BLAS functions that ``th.addmm``/``th.mm`` (MKL's ``sgemm_``)
+and ``np.matmul`` (OpenBLAS's ``cblas_sgemm``) call, with the same arguments, so that its results are those of the
+per-minibatch path bit for bit (``tests/test_ppo_fused.py``); this removes the ~350 µs of Python and dispatch per
+minibatch that remain around the kernels. Tanh networks keep the per-minibatch path: their ``tanh`` is NumPy's
+(``numpy_tanh_``), as in collection. So does ``target_kl``, whose early stop is decided between minibatches.
+
 The C file is compiled on first use with the system's C compiler into a cache directory (see
 ``sb3_trust.common.kernels``). Without a compiler (or with ``SB3_TRUST_NO_KERNELS=1``) TrustPPO uses the closed-form
 torch path and says so once (a ``UserWarning``).
@@ -52,11 +60,14 @@ _SIGNATURES = {
     "column_sums": "- piip",
     "ppo_head": "- iinppppiiidndnddppdppdpppppp",
     "clip_adam_step": "n ippppppdfdddddnp",
+    "ppo_epoch": "i ppiipppp",
 }
 _POINTER, _I64 = ctypes.c_void_p, ctypes.c_int64
 
 _kernels: ctypes.CDLL | None = None
 _kernels_error: str | None = None
+# The BLAS functions ``ppo_epoch`` calls (``blas_functions``): not looked up yet, or (sgemm_, cblas_sgemm) or None
+_blas: tuple[int, int] | bool | None = False
 
 
 def load_kernels() -> ctypes.CDLL | None:
@@ -97,6 +108,119 @@ def numpy_product_limit() -> int:
     """
     pinned = os.environ.get("OPENBLAS_NUM_THREADS", os.environ.get("OMP_NUM_THREADS")) == "1"
     return NUMPY_PRODUCT_WORK if pinned else min(NUMPY_PRODUCT_WORK, NumpyFusedActorCritic.MAX_NUMPY_WORK)
+
+
+def _loaded_library(fragment: str) -> str | None:
+    """
+    :param fragment: part of a shared library's file name
+    :return: the path of a library of this process whose file name contains it, or ``None``
+    """
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                path = line.split(maxsplit=5)[-1].strip()
+                if path.startswith("/") and fragment in os.path.basename(path):
+                    return path
+    except OSError:
+        pass
+    return None
+
+
+def blas_functions() -> tuple[int, int] | None:
+    """
+    The addresses of the two BLAS functions that make TrustPPO's minibatch products: MKL's ``sgemm_`` in torch's
+    library (what ``th.addmm`` and ``th.mm`` call on the CPU) and OpenBLAS's ``cblas_sgemm`` with 64-bit integers in
+    NumPy's (what ``np.matmul`` calls), so that ``ppo_epoch`` makes the same calls as ``FusedPPO.terms``.
+
+    :return: ``(sgemm_, cblas_sgemm)``, or ``None`` if torch is not built with MKL or NumPy not with the 64-bit-integer
+        SciPy OpenBLAS (``ppo_epoch`` is then not used)
+    """
+    global _blas
+    if _blas is not False:
+        return _blas  # type: ignore[return-value]
+    _blas = None
+    try:
+        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]  # type: ignore[index]
+        numpy_path = _loaded_library("openblas")
+        if (
+            th.backends.mkl.is_available()
+            and blas.get("name") == "scipy-openblas"
+            and "USE64BITINT" in blas.get("openblas configuration", "")
+            and numpy_path is not None
+        ):
+            torch_library = ctypes.CDLL(str(Path(th.__file__).parent / "lib" / "libtorch_cpu.so"))
+            sgemm = ctypes.cast(torch_library.sgemm_, _POINTER).value
+            cblas_sgemm = ctypes.cast(ctypes.CDLL(numpy_path).scipy_cblas_sgemm64_, _POINTER).value
+            if sgemm and cblas_sgemm:
+                _blas = (sgemm, cblas_sgemm)
+    except (OSError, AttributeError, KeyError, TypeError):
+        pass
+    return _blas  # type: ignore[return-value]
+
+
+class _Chain(ctypes.Structure):
+    """``Chain`` of ``fused_kernels.c``."""
+
+    _fields_ = [
+        ("n_layers", _I64),
+        ("weights", _POINTER),
+        ("biases", _POINTER),
+        ("features", _POINTER),
+        ("relu", _POINTER),
+        ("outputs", _POINTER),
+        ("input_grads", _POINTER),
+        ("weight_grads", _POINTER),
+        ("bias_grads", _POINTER),
+    ]
+
+
+class _EpochPlan(ctypes.Structure):
+    """``EpochPlan`` of ``fused_kernels.c``."""
+
+    _fields_ = [
+        ("sgemm", _POINTER),
+        ("small_sgemm", _POINTER),
+        ("small_work", _I64),
+        ("actor", _Chain),
+        ("critic", _Chain),
+        ("table", _POINTER),
+        ("rows", _POINTER),
+        ("width", _I64),
+        ("act_col", _I64),
+        ("val_col", _I64),
+        ("k", _I64),
+        ("categorical", ctypes.c_int),
+        ("log_std", _POINTER),
+        ("grad_log_std", _POINTER),
+        ("grad_out", _POINTER),
+        ("grad_values", _POINTER),
+        *((name, _POINTER) for name in ("old_a", "old_b", "ref_a", "ref_b")),
+        *((name, _POINTER) for name in ("old_rows_a", "old_rows_b", "ref_rows_a", "ref_rows_b")),
+        *((name, ctypes.c_double) for name in ("clip_range", "clip_range_vf", "ent_coef", "vf_coef", "kl_coef", "ref_coef")),
+        ("normalize_advantage", ctypes.c_int),
+        ("vf_max_mode", ctypes.c_int),
+        ("n_tensors", _I64),
+        *((name, _POINTER) for name in ("params", "exp_avgs", "exp_avg_sqs", "steps", "sizes", "grad")),
+        *((name, ctypes.c_double) for name in ("max_norm", "lr", "beta1", "beta2", "eps", "weight_decay")),
+        ("maximize", ctypes.c_int),
+    ]
+
+
+def relu_layers(chain: Sequence[ChainLayer]) -> list[tuple[int, th.Tensor, th.Tensor | None, bool]] | None:
+    """
+    :param chain: a chain
+    :return: its Linear layers as ``(position in the chain, weight, bias, followed by ReLU)``, or ``None`` if it has
+        another activation (``ppo_epoch`` takes Linear layers each followed by ReLU or by nothing)
+    """
+    layers: list[tuple[int, th.Tensor, th.Tensor | None, bool]] = []
+    for i, layer in enumerate(chain):
+        if isinstance(layer, str):
+            if layer != "relu" or not layers or layers[-1][3]:
+                return None
+            layers[-1] = (*layers[-1][:3], True)
+        else:
+            layers.append((i, layer[0], layer[1], False))
+    return layers if layers and not layers[-1][3] else None
 
 
 class Workspace:
@@ -213,6 +337,19 @@ def _pointers(params: tuple[th.Tensor, th.Tensor] | None) -> tuple[int | None, i
     first, second = params
     assert first.is_contiguous() and second.is_contiguous() and first.dtype == second.dtype == th.float32
     return first.data_ptr(), second.data_ptr()
+
+
+class HeadSettings(NamedTuple):
+    """The loss's settings for one update, as ``ppo_head`` takes them (``FusedPPO.terms`` and ``plan_epochs``)."""
+
+    clip_range: float | None  # ε of PPO-clip, or None for the unclipped surrogate (policy_loss "unclipped"/"kl_penalty")
+    clip_range_vf: float | None
+    vf_clip_mode: str  # "sb3" or "max"
+    ent_coef: float
+    vf_coef: float
+    normalize_advantage: bool
+    kl_coef: float = 0.0  # β of the KL penalty (applied when π_old's parameters are given)
+    reference_coef: float = 0.0  # β of the reference KL (applied when π_ref's parameters are given)
 
 
 class FusedMinibatch(NamedTuple):
@@ -418,36 +555,163 @@ class FusedPPO:
             th.index_select(rollout.table, 0, indices, out=rows)
             yield FusedMinibatch(rows, indices)
 
+    def _chain_plan(self, chain: Sequence[ChainLayer], grads: Sequence[th.Tensor], rows: int, name: str) -> _Chain | None:
+        """
+        :param chain: the actor's or critic's chain
+        :param grads: its gradients' destinations (``actor_grads`` or ``critic_grads``)
+        :param rows: the largest minibatch
+        :param name: the chain's name in ``work`` (the buffers of ``chain_forward_into`` and ``chain_vjp_into``)
+        :return: the chain for ``ppo_epoch``, or ``None`` if it does not take it (``relu_layers``)
+        """
+        layers = relu_layers(chain)
+        if layers is None:
+            return None
+        n = len(layers)
+        features = [layers[0][1].shape[1], *(weight.shape[0] for _, weight, _, _ in layers)]
+        outputs, input_grads, weight_grads, bias_grads = [], [], [], []
+        k = 0
+        for index, (position, weight, bias, _) in enumerate(layers):
+            outputs.append(self.work.get((name, position), rows, weight.shape[0]).data_ptr())
+            input_grads.append(self.work.get((name, "grad", position), rows, weight.shape[1]).data_ptr() if index else None)
+            weight_grads.append(grads[k].data_ptr())
+            bias_grads.append(None if bias is None else grads[k + 1].data_ptr())
+            k += 1 if bias is None else 2
+        arrays = (
+            (_POINTER * n)(*(weight.data_ptr() for _, weight, _, _ in layers)),
+            (_POINTER * n)(*(None if bias is None else bias.data_ptr() for _, _, bias, _ in layers)),
+            (_I64 * (n + 1))(*features),
+            (ctypes.c_int * n)(*(relu for _, _, _, relu in layers)),
+            *((_POINTER * n)(*pointers) for pointers in (outputs, input_grads, weight_grads, bias_grads)),
+        )
+        self._plan_arrays.extend(arrays)
+        return _Chain(n, *(ctypes.cast(array, _POINTER) for array in arrays))
+
+    def plan_epochs(
+        self,
+        rollout: FlatRollout,
+        batch_size: int | None,
+        settings: HeadSettings,
+        old: tuple[th.Tensor, th.Tensor] | None,
+        reference: tuple[th.Tensor, th.Tensor] | None,
+        max_grad_norm: float,
+    ) -> bool:
+        """
+        Prepare ``epoch`` for this update (after ``begin``).
+
+        :param rollout: the rollout
+        :param batch_size: the minibatch size (``None``: the whole rollout)
+        :param settings: the loss's settings
+        :param old: π_old's parameters on the whole rollout (``[n_samples, k]`` each), for the KL penalty, or ``None``
+        :param reference: π_ref's parameters on the whole rollout, for the reference KL, or ``None``
+        :param max_grad_norm: SB3's ``max_grad_norm``
+
+        :return: whether ``epoch`` can run this update's epochs: the BLAS functions are found (``blas_functions``), the
+            chains are Linear layers each followed by ReLU or by nothing (Tanh chains keep ``terms``: their ``tanh`` is
+            NumPy's), and π_old's and π_ref's parameters are ``[n_samples, k]`` float32 tables
+        """
+        self._plan = None
+        self._plan_arrays: list[Any] = []
+        blas = blas_functions()
+        if blas is None or self._head_buffers is None:
+            return False
+        for params in (old, reference):
+            if params is not None and not all(
+                param.dtype == th.float32 and param.is_contiguous() and param.shape[0] == rollout.n_samples for param in params
+            ):
+                return False
+        rows = rollout.n_samples if batch_size is None else min(batch_size, rollout.n_samples)
+        analytic = self.analytic
+        actor = self._chain_plan(analytic.actor, self.actor_grads, rows, "actor")
+        critic = self._chain_plan(analytic.critic, self.critic_grads, rows, "critic")
+        if actor is None or critic is None:
+            return False
+        width, action_column, value_column = self._layout
+        k = self._head_buffers[0].shape[1]
+        gathered = [self.work.get(("epoch", name), rows, k).data_ptr() for name in ("old_a", "old_b", "ref_a", "ref_b")]
+        log_std = analytic.log_std
+        self._plan = _EpochPlan(
+            *blas,
+            self._numpy_limit,
+            actor,
+            critic,
+            rollout.table.data_ptr(),
+            self.work.get(("minibatch",), rows, width).data_ptr(),
+            width,
+            action_column,
+            value_column,
+            k,
+            analytic.is_categorical,
+            None if log_std is None else log_std.data_ptr(),
+            None if self.log_std_grad is None else self.log_std_grad.data_ptr(),
+            self._head_buffers[0].data_ptr(),
+            self._head_buffers[1].data_ptr(),
+            *_pointers(old),
+            *_pointers(reference),
+            *(gathered[:2] if old is not None else (None, None)),
+            *(gathered[2:] if reference is not None else (None, None)),
+            -1.0 if settings.clip_range is None else settings.clip_range,
+            -1.0 if settings.clip_range_vf is None else settings.clip_range_vf,
+            settings.ent_coef,
+            settings.vf_coef,
+            settings.kl_coef,
+            settings.reference_coef,
+            settings.normalize_advantage,
+            settings.vf_clip_mode == "max",
+        )
+        self._max_grad_norm = max_grad_norm
+        self._tables = (rollout.table, old, reference)  # what the plan points to, kept alive
+        return True
+
+    def epoch(self, rollout: FlatRollout, batch_size: int | None, slots: tuple[th.Tensor, th.Tensor, th.Tensor]) -> int | None:
+        """
+        One epoch of minibatches by ``ppo_epoch``, if ``plan_epochs`` prepared it and the optimizer is bound: the same
+        permutation (``np.random.permutation``) and the same results as ``minibatches``, ``terms`` and ``FusedAdam.step``
+        minibatch after minibatch.
+
+        :param rollout: the rollout
+        :param batch_size: the minibatch size (``None``: the whole rollout)
+        :param slots: where the epoch's ratios ``[n_samples]``, log-ratios ``[n_samples]`` and scalars
+            ``[n_minibatches, N_SCALARS]`` go (``UpdateStats.next_epoch``)
+        :return: -1 if every minibatch's step was taken, else the index of the first minibatch whose loss or gradient
+            norm is not finite (its step and the later ones were not taken; the norm is in ``adam.norm``)
+        """
+        assert self._plan is not None and self.adam_bound
+        plan, adam = self._plan, self.adam
+        plan.n_tensors = len(adam.parameters)
+        plan.params, plan.exp_avgs, plan.exp_avg_sqs, plan.steps = (ctypes.cast(array, _POINTER) for array in adam._pointers)
+        plan.sizes, plan.grad = ctypes.cast(adam.sizes, _POINTER), self.grad.data_ptr()
+        plan.lr, plan.beta1, plan.beta2, plan.eps, plan.weight_decay = adam._hyperparameters
+        plan.max_norm, plan.maximize = self._max_grad_norm, adam._maximize
+        permutation = np.random.permutation(rollout.n_samples).astype(np.int64, copy=False)
+        batch = rollout.n_samples if batch_size is None else batch_size
+        ratio, log_ratio, scalars = slots
+        return self.kernels.ppo_epoch(
+            ctypes.byref(plan),
+            permutation.ctypes.data,
+            rollout.n_samples,
+            batch,
+            ratio.data_ptr(),
+            log_ratio.data_ptr(),
+            scalars.data_ptr(),
+            adam.norm.data_ptr(),
+        )
+
     @th.no_grad()
     def terms(
         self,
         batch: FusedMinibatch,
-        clip_range: float | None,
-        clip_range_vf: float | None,
-        vf_clip_mode: str,
-        ent_coef: float,
-        vf_coef: float,
-        normalize_advantage: bool,
+        settings: HeadSettings,
         old: tuple[th.Tensor, th.Tensor] | None = None,
-        kl_coef: float = 0.0,
         reference: tuple[th.Tensor, th.Tensor] | None = None,
-        reference_coef: float = 0.0,
         stats_out: tuple[th.Tensor, th.Tensor, th.Tensor] | None = None,
     ) -> MinibatchTerms:
         """
         :param batch: the minibatch (``minibatches``)
-        :param clip_range: ε, or ``None`` for the unclipped surrogate
-        :param clip_range_vf: ε_v or ``None``
-        :param vf_clip_mode: ``"sb3"`` or ``"max"``
-        :param ent_coef: entropy coefficient
-        :param vf_coef: value-loss coefficient
-        :param normalize_advantage: normalise the advantages over the minibatch
+        :param settings: the loss's settings
         :param old: π_old's parameters on the minibatch, for the KL penalty ``kl_coef · mean(KL(π_old ‖ π))`` added to
             the policy loss (``policy_loss="kl_penalty"``), or ``None``
-        :param kl_coef: β of the KL penalty
         :param reference: π_ref's parameters on the minibatch, for the term ``reference_coef · mean(KL(π ‖ π_ref))``
             (the loss placement of the reference KL), or ``None``
-        :param reference_coef: β of the reference KL
         :param stats_out: where the ratios ``[n]``, log-ratios ``[n]`` and scalars ``[N_SCALARS]`` are written (the returned
             terms are views of them), or ``None`` for new tensors
         :return: the terms; the gradient is in ``self.grad`` (``grads`` are its per-parameter views)
@@ -476,16 +740,16 @@ class FusedPPO:
             width,
             action_column,
             value_column,
-            -1.0 if clip_range is None else clip_range,
-            normalize_advantage,
-            -1.0 if clip_range_vf is None else clip_range_vf,
-            vf_clip_mode == "max",
-            ent_coef,
-            vf_coef,
+            -1.0 if settings.clip_range is None else settings.clip_range,
+            settings.normalize_advantage,
+            -1.0 if settings.clip_range_vf is None else settings.clip_range_vf,
+            settings.vf_clip_mode == "max",
+            settings.ent_coef,
+            settings.vf_coef,
             *_pointers(old),
-            kl_coef,
+            settings.kl_coef,
             *_pointers(reference),
-            reference_coef,
+            settings.reference_coef,
             grad_out.data_ptr(),
             grad_values.data_ptr(),
             None if self.log_std_grad is None else self.log_std_grad.data_ptr(),

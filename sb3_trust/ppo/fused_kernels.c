@@ -4,7 +4,8 @@
  * Each function does in one pass over plain float32 arrays what the closed-form path (sb3_trust/ppo/analytic.py)
  * does with dozens of small torch operations: the same formulas, in the same order of floating-point operations
  * per element, evaluated in float32 (sums are accumulated in double, so they can differ from torch's in the last
- * bits). The matrix products stay in torch.
+ * bits). The matrix products are torch's (th.addmm, th.mm) or NumPy's, except in ppo_epoch, which calls the same
+ * BLAS functions with the same arguments.
  *
  * Compiled with -O3 -march=native -ffp-contract=off (no fused multiply-add: every product and sum is rounded as
  * torch's element-wise kernels round it), -fno-math-errno (sqrtf vectorises; results are unchanged) and without -ffast-math (NaN and inf must propagate, so that the caller's
@@ -337,4 +338,163 @@ int clip_adam_step(i64 n_tensors, float **params, float **exp_avgs, float **exp_
         g += sizes[t];
     }
     return 0;
+}
+
+/*
+ * A whole epoch of TrustPPO minibatches in one call, for MLPs of Linear layers each followed by ReLU or by nothing:
+ * what sb3_trust/ppo/fused.py does per minibatch in Python (gather the rows, chain_forward_into, ppo_head,
+ * chain_vjp_into, clip_adam_step), with the matrix products made by the BLAS functions torch and NumPy call, given
+ * as pointers, with the arguments they pass. The results are the same, bit for bit (tests/test_ppo_fused.py).
+ */
+
+/* MKL's Fortran sgemm_ (what torch's addmm and mm call) and OpenBLAS's 64-bit-integer cblas_sgemm (NumPy's matmul) */
+typedef void (*sgemm_fn)(const char *, const char *, const int *, const int *, const int *, const float *, const float *,
+                         const int *, const float *, const int *, const float *, float *, const int *);
+typedef void (*cblas_sgemm_fn)(int, int, int, i64, i64, i64, float, const float *, i64, const float *, i64, float, float *,
+                               i64);
+enum { CBLAS_ROW_MAJOR = 101, CBLAS_NO_TRANS = 111, CBLAS_TRANS = 112 };
+
+/* A chain of n_layers Linear layers; layer l maps features[l] to features[l + 1] */
+typedef struct {
+    i64 n_layers;
+    const float **weights;   /* [features[l + 1], features[l]] */
+    const float **biases;    /* [features[l + 1]], or NULL */
+    const i64 *features;     /* [n_layers + 1] */
+    const int *relu;         /* ReLU after layer l */
+    float **outputs;         /* [batch, features[l + 1]]: layer l's output (after its ReLU) */
+    float **input_grads;     /* [batch, features[l]]: d loss / d layer l's input (not used for l = 0) */
+    float **weight_grads;    /* [features[l + 1], features[l]] */
+    float **bias_grads;      /* [features[l + 1]], or NULL */
+} Chain;
+
+/* What an epoch needs besides the permutation: set once per update (fused.py's EpochPlan mirrors it) */
+typedef struct {
+    sgemm_fn sgemm;
+    cblas_sgemm_fn small_sgemm;
+    i64 small_work;          /* backward products of hidden layers of at most this many multiply-adds: small_sgemm */
+    Chain actor, critic;
+    const float *table;      /* [n_samples, width]: the rollout */
+    float *rows;             /* [batch, width]: the minibatch's rows */
+    i64 width, act_col, val_col, k;
+    int categorical;
+    const float *log_std;
+    float *grad_log_std;
+    float *grad_out, *grad_values;
+    const float *old_a, *old_b, *ref_a, *ref_b;  /* [n_samples, k] each, or NULL */
+    float *old_rows_a, *old_rows_b, *ref_rows_a, *ref_rows_b;  /* [batch, k] */
+    double clip_range, clip_range_vf, ent_coef, vf_coef, kl_coef, ref_coef;
+    int normalize_advantage, vf_max_mode;
+    /* Adam (clip_adam_step) */
+    i64 n_tensors;
+    float **params, **exp_avgs, **exp_avg_sqs, **steps;
+    const i64 *sizes;
+    float *grad;
+    double max_norm, lr, beta1, beta2, eps, weight_decay;
+    int maximize;
+} EpochPlan;
+
+/* out <- relu?(x @ W.T + b) for x [n, features[l]] with leading dimension ldx: th.addmm(b, x, W.t(), out=out) */
+static void chain_forward(const EpochPlan *plan, const Chain *chain, const float *x, i64 ldx, int n)
+{
+    for (i64 l = 0; l < chain->n_layers; l++) {
+        int in = (int)chain->features[l], out = (int)chain->features[l + 1], ld_in = (int)ldx;
+        float *y = chain->outputs[l];
+        const float *b = chain->biases[l];
+        const float one = 1.0f, beta = b ? 1.0f : 0.0f;
+        if (b)
+            for (int i = 0; i < n; i++)
+                for (int j = 0; j < out; j++)
+                    y[(i64)i * out + j] = b[j];
+        plan->sgemm("T", "N", &out, &n, &in, &one, chain->weights[l], &in, x, &ld_in, &beta, y, &out);
+        if (chain->relu[l])
+            for (i64 i = 0; i < (i64)n * out; i++)
+                y[i] = y[i] < 0.0f ? 0.0f : y[i];  /* relu_ (clamp_min: NaN propagates) */
+        x = y;
+        ldx = out;
+    }
+}
+
+/* chain_vjp_into: grad [n, features[last]] is d loss / d the chain's output (overwritten) */
+static void chain_backward(const EpochPlan *plan, const Chain *chain, const float *x, i64 ldx, float *grad, int n)
+{
+    const float one = 1.0f, zero = 0.0f;
+    for (i64 l = chain->n_layers - 1; l >= 0; l--) {
+        int in = (int)chain->features[l], out = (int)chain->features[l + 1];
+        if (chain->relu[l])
+            activation_backward(grad, chain->outputs[l], (i64)n * out, 1);
+        if (chain->biases[l])
+            column_sums(grad, n, out, chain->bias_grads[l]);
+        const float *input = l == 0 ? x : chain->outputs[l - 1];
+        int ld_input = l == 0 ? (int)ldx : in;
+        int small = l != chain->n_layers - 1 && (i64)n * in * out <= plan->small_work;
+        /* weight gradient grad.T @ input */
+        if (small)
+            plan->small_sgemm(CBLAS_ROW_MAJOR, CBLAS_TRANS, CBLAS_NO_TRANS, out, in, n, 1.0f, grad, out, input, ld_input,
+                              0.0f, chain->weight_grads[l], in);
+        else
+            plan->sgemm("N", "T", &in, &out, &n, &one, input, &ld_input, grad, &out, &zero, chain->weight_grads[l], &in);
+        if (l == 0)
+            break;
+        /* input gradient grad @ W */
+        float *input_grad = chain->input_grads[l];
+        if (small)
+            plan->small_sgemm(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_NO_TRANS, n, in, out, 1.0f, grad, out, chain->weights[l],
+                              in, 0.0f, input_grad, in);
+        else
+            plan->sgemm("N", "N", &in, &n, &out, &one, chain->weights[l], &in, grad, &out, &zero, input_grad, &in);
+        grad = input_grad;
+    }
+}
+
+static void gather_rows(const float *source, const i64 *indices, i64 n, i64 width, float *destination)
+{
+    for (i64 i = 0; i < n; i++) {
+        const float *row = source + indices[i] * width;
+        float *target = destination + i * width;
+        for (i64 j = 0; j < width; j++)
+            target[j] = row[j];
+    }
+}
+
+/*
+ * The minibatches permutation[0:batch], permutation[batch:2 batch], ... of one epoch. Minibatch m writes its ratios
+ * and log-ratios at ratio/log_ratio + m * batch and its scalars at scalars + m * N_SCALARS.
+ *
+ * Returns -1, or the index of the first minibatch whose loss or gradient norm is not finite: its optimizer step is
+ * not taken (clip_adam_step changes nothing), nor are the later minibatches', and its gradient norm is in norm_out.
+ */
+i64 ppo_epoch(const EpochPlan *plan, const i64 *permutation, i64 n_samples, i64 batch, float *ratio, float *log_ratio,
+              float *scalars, float *norm_out)
+{
+    const i64 k = plan->k;
+    for (i64 start = 0, m = 0; start < n_samples; start += batch, m++) {
+        const i64 n = n_samples - start < batch ? n_samples - start : batch;
+        const i64 *indices = permutation + start;
+        gather_rows(plan->table, indices, n, plan->width, plan->rows);
+        if (plan->old_a) {
+            gather_rows(plan->old_a, indices, n, k, plan->old_rows_a);
+            gather_rows(plan->old_b, indices, n, k, plan->old_rows_b);
+        }
+        if (plan->ref_a) {
+            gather_rows(plan->ref_a, indices, n, k, plan->ref_rows_a);
+            gather_rows(plan->ref_b, indices, n, k, plan->ref_rows_b);
+        }
+        const Chain *actor = &plan->actor, *critic = &plan->critic;
+        chain_forward(plan, actor, plan->rows, plan->width, (int)n);
+        chain_forward(plan, critic, plan->rows, plan->width, (int)n);
+        float *minibatch_scalars = scalars + m * N_SCALARS;
+        ppo_head(n, k, plan->categorical, actor->outputs[actor->n_layers - 1], plan->log_std,
+                 critic->outputs[critic->n_layers - 1], plan->rows, plan->width, plan->act_col, plan->val_col,
+                 plan->clip_range, plan->normalize_advantage, plan->clip_range_vf, plan->vf_max_mode, plan->ent_coef,
+                 plan->vf_coef, plan->old_a ? plan->old_rows_a : 0, plan->old_b ? plan->old_rows_b : 0, plan->kl_coef,
+                 plan->ref_a ? plan->ref_rows_a : 0, plan->ref_b ? plan->ref_rows_b : 0, plan->ref_coef, plan->grad_out,
+                 plan->grad_values, plan->grad_log_std, ratio + start, log_ratio + start, minibatch_scalars);
+        chain_backward(plan, actor, plan->rows, plan->width, plan->grad_out, (int)n);
+        chain_backward(plan, critic, plan->rows, plan->width, plan->grad_values, (int)n);
+        if (clip_adam_step(plan->n_tensors, plan->params, plan->exp_avgs, plan->exp_avg_sqs, plan->steps, plan->sizes,
+                           plan->grad, plan->max_norm, minibatch_scalars[S_LOSS], plan->lr, plan->beta1, plan->beta2,
+                           plan->eps, plan->weight_decay, plan->maximize, norm_out))
+            return m;
+    }
+    return -1;
 }

@@ -1,6 +1,6 @@
 import os
 from collections.abc import Iterator
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, NoReturn, TypeVar
 
 import numpy as np
 import torch as th
@@ -66,6 +66,7 @@ from sb3_trust.ppo.fused import (
     VALUE_LOSS,
     FusedMinibatch,
     FusedPPO,
+    HeadSettings,
     load_kernels,
     warn_unavailable_once,
 )
@@ -115,8 +116,9 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
     Computation: for SB3's ``MlpPolicy`` (flat Box observations, Discrete or Box actions, no gSDE, trainable
     parameters) the minibatch gradient is computed in closed form (``sb3_trust.ppo.analytic``: the same loss, the
     gradient equal to autograd's up to rounding), by the fused C kernels of ``sb3_trust.ppo.fused`` (loss terms and
-    their derivatives, clipping and the Adam step each in one call; compiled on first use, a ``UserWarning`` and the
-    torch version of the closed form without a C compiler), and collection evaluates the network with NumPy; any other
+    their derivatives, clipping and the Adam step each in one call, and for ReLU networks without ``target_kl`` whole
+    epochs in one call, with bit-identical results; compiled on first use, a ``UserWarning`` and the torch version of
+    the closed form without a C compiler), and collection evaluates the network with NumPy; any other
     policy uses SB3's methods and autograd (said once at ``verbose >= 1``). Every path draws the same random numbers as
     SB3.
 
@@ -661,6 +663,28 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
             return None
         return self._fused_update
 
+    def _plan_epochs(
+        self,
+        fused: FusedPPO | None,
+        rollout: FlatRollout | None,
+        settings: HeadSettings,
+        old: OldPolicy,
+        reference: ReferenceSource,
+    ) -> bool:
+        """
+        :param fused: the fused kernels' step, if this update uses it
+        :param rollout: the rollout as tensors (lean path), or ``None``
+        :param settings: the loss's settings
+        :param old: π_old (see ``_prepare_update``)
+        :param reference: π_ref for the loss placement of the reference KL, or ``None``
+        :return: whether this update's epochs can go through ``FusedPPO.epoch`` (see ``FusedPPO.plan_epochs``), which
+            has no ``target_kl`` early stop (that one is taken between minibatches)
+        """
+        if fused is None or rollout is None or self.target_kl is not None:
+            return False
+        old_params = old if self.policy_loss == "kl_penalty" else None
+        return fused.plan_epochs(rollout, self.batch_size, settings, old_params, reference, self.max_grad_norm)  # type: ignore[arg-type]
+
     def train(self) -> None:
         """
         Update policy using the currently gathered rollout buffer. Non-finite numbers and interruptions leave the
@@ -692,16 +716,7 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         else:
             grad_norm = clip_grads_(terms.grads, self.max_grad_norm)
         if not bool(th.isfinite(terms.loss + grad_norm)):  # NaN/inf propagate through the sum
-            named = dict(
-                policy_loss=terms.policy_loss,
-                value_loss=terms.value_loss,
-                entropy_loss=terms.entropy_loss,
-                gradient_norm=grad_norm,
-            )
-            what = next((name for name, value in named.items() if not th.isfinite(value)), "loss")
-            raise NonFiniteError(
-                f"non-finite {what} in update {self._n_updates}, epoch {epoch} (timestep {self.num_timesteps})"
-            )
+            self._raise_non_finite(terms.policy_loss, terms.value_loss, terms.entropy_loss, grad_norm, epoch)
         if terms.grads is None:
             self.policy.optimizer.step()
         else:
@@ -710,6 +725,21 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
             if fused is not None and terms.grads is fused.grads and not fused.adam_bound and not fused.rebound:
                 # The first step of a fresh optimizer creates its state: the fused step can take over from here
                 fused.adam_bound, fused.rebound = fused.adam.bind(self.policy.optimizer), True
+
+    def _raise_non_finite(
+        self, policy_loss: th.Tensor, value_loss: th.Tensor, entropy_loss: th.Tensor, grad_norm: th.Tensor, epoch: int
+    ) -> NoReturn:
+        """
+        :param policy_loss: the minibatch's policy loss
+        :param value_loss: its value loss
+        :param entropy_loss: its entropy loss
+        :param grad_norm: its gradient's norm before clipping
+        :param epoch: the epoch, for the message
+        :raise NonFiniteError: naming the first non-finite term (``loss`` if none is)
+        """
+        named = dict(policy_loss=policy_loss, value_loss=value_loss, entropy_loss=entropy_loss, gradient_norm=grad_norm)
+        what = next((name for name, value in named.items() if not th.isfinite(value)), "loss")
+        raise NonFiniteError(f"non-finite {what} in update {self._n_updates}, epoch {epoch} (timestep {self.num_timesteps})")
 
     def _prepare_update(
         self,
@@ -761,11 +791,8 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         fused: FusedPPO | None,
         old: OldPolicy,
         reference: ReferenceSource,
-        reference_coef: float,
         clip_range: float,
-        clip_range_vf: float | None,
-        ent_coef: float,
-        kl_coef: float,
+        settings: HeadSettings,
         stats_out: tuple[th.Tensor, th.Tensor, th.Tensor],
     ) -> MinibatchTerms:
         """
@@ -777,11 +804,8 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         :param fused: the fused kernels' step, if it applies
         :param old: π_old (see ``_prepare_update``)
         :param reference: π_ref for the loss placement of the reference KL, or ``None``
-        :param reference_coef: β of the reference KL
         :param clip_range: ε
-        :param clip_range_vf: ε_v or ``None``
-        :param ent_coef: entropy coefficient
-        :param kl_coef: β of the KL penalty
+        :param settings: the loss's settings (``_update``)
         :param stats_out: where the fused kernels write the ratios, log-ratios and scalars (``UpdateStats.next``)
         :return: the terms
         """
@@ -792,45 +816,32 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
                 old,
                 need_kl,
                 reference,
-                reference_coef,
+                settings.reference_coef,
                 clip_range,
-                clip_range_vf,
-                ent_coef,
-                kl_coef,
+                settings.clip_range_vf,
+                settings.ent_coef,
+                settings.kl_coef,
             )
         indices = rollout_data.indices  # type: ignore[union-attr]
         old_rows = (old[0][indices], old[1][indices]) if need_kl else None  # type: ignore[index]
         reference_rows = (reference[0][indices], reference[1][indices]) if reference is not None else None  # type: ignore[index]
         if fused is not None:
             assert isinstance(rollout_data, FusedMinibatch)
-            return fused.terms(
-                rollout_data,
-                clip_range if self.policy_loss == "clip" else None,
-                clip_range_vf,
-                self.vf_clip_mode,
-                ent_coef,
-                self.vf_coef,
-                self.normalize_advantage,
-                old_rows,
-                kl_coef,
-                reference_rows,
-                reference_coef,
-                stats_out,
-            )
+            return fused.terms(rollout_data, settings, old_rows, reference_rows, stats_out)
         assert isinstance(rollout_data, Minibatch)
         return analytic.terms(
             rollout_data,
             self.policy_loss,
             clip_range,
-            kl_coef,
+            settings.kl_coef,
             old_rows,
-            clip_range_vf,
+            settings.clip_range_vf,
             self.vf_clip_mode,
-            ent_coef,
+            settings.ent_coef,
             self.vf_coef,
             self.normalize_advantage,
             reference_rows,
-            reference_coef,
+            settings.reference_coef,
         )
 
     def _update(self) -> None:
@@ -861,28 +872,40 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         stats = self._update_stats
         n_minibatches = self.n_epochs * -(-n_samples // batch_size)
         stats.begin(n_minibatches, n_samples, clip_range, parameters[0].dtype, self.device)
+        settings = HeadSettings(
+            clip_range=clip_range if self.policy_loss == "clip" else None,
+            clip_range_vf=clip_range_vf,
+            vf_clip_mode=self.vf_clip_mode,
+            ent_coef=ent_coef,
+            vf_coef=self.vf_coef,
+            normalize_advantage=self.normalize_advantage,
+            kl_coef=kl_coef,
+            reference_coef=reference_coef,
+        )
+        # Whole epochs in one C call (ReLU networks without target_kl), once the optimizer's state exists
+        epochs_planned = self._plan_epochs(fused, rollout, settings, old, reference)
+        epoch_sizes = [min(batch_size, n_samples - start) for start in range(0, n_samples, batch_size)]
         continue_training = True
         epochs_completed = 0
         # train for n_epochs epochs
         for epoch in range(self.n_epochs):
             stats.begin_epoch()  # SB3 logs the last epoch's approx_kl
+            if epochs_planned and fused is not None and fused.adam_bound:
+                assert rollout is not None
+                slots = stats.next_epoch(epoch_sizes)
+                failed = fused.epoch(rollout, self.batch_size, slots)
+                if failed >= 0:
+                    policy_loss, value_loss, entropy_loss = slots[2][failed, [POLICY_LOSS, VALUE_LOSS, ENTROPY_LOSS]]
+                    self._raise_non_finite(policy_loss, value_loss, entropy_loss, fused.adam.norm, epoch)
+                stats.end_epoch()
+                self._n_updates += 1
+                epochs_completed += 1
+                continue
             # Do a complete pass on the rollout buffer (same minibatches and random draws on both paths)
             for rollout_data in self._minibatches(rollout, fused):
                 # What is logged goes into buffers made once (no tensor kept per minibatch), reduced after the update
                 slots = stats.next(minibatch_size(rollout_data))
-                terms = self._minibatch_terms(
-                    rollout_data,
-                    analytic,
-                    fused,
-                    old,
-                    reference,
-                    reference_coef,
-                    clip_range,
-                    clip_range_vf,
-                    ent_coef,
-                    kl_coef,
-                    slots,
-                )
+                terms = self._minibatch_terms(rollout_data, analytic, fused, old, reference, clip_range, settings, slots)
                 stats.store(terms, slots)
 
                 if self.target_kl is not None:

@@ -14,7 +14,7 @@ from sb3_trust.ppo.analytic import MinibatchTerms
 from sb3_trust.ppo.fused import N_SCALARS
 
 # The per-minibatch reductions of the ratios, one row each, written at the end of every epoch
-RATIO_MEAN, RATIO_MAX, CLIP_FRACTION, APPROX_KL = range(4)
+RATIO_MEAN, RATIO_MAX, CLIP_FRACTION, APPROX_KL, N_REDUCED = range(5)
 
 
 def per_minibatch(values: th.Tensor, sizes: list[int], reduce: str, out: th.Tensor) -> None:
@@ -39,7 +39,7 @@ class UpdateStats:
 
     def __init__(self) -> None:
         self._scalars = th.empty(0, N_SCALARS)
-        self._reduced = th.empty(4, 0)
+        self._reduced = th.empty(N_REDUCED, 0)
         self._ratio = th.empty(0)
         self._log_ratio = th.empty(0)
         self.sizes: list[int] = []
@@ -63,7 +63,7 @@ class UpdateStats:
             or self._ratio.device != th.device(device)
         ):
             self._scalars = th.empty(n_minibatches, N_SCALARS, dtype=dtype, device=device)
-            self._reduced = th.empty(4, n_minibatches, dtype=dtype, device=device)
+            self._reduced = th.empty(N_REDUCED, n_minibatches, dtype=dtype, device=device)
             self._ratio = th.empty(n_samples, dtype=dtype, device=device)
             self._log_ratio = th.empty(n_samples, dtype=dtype, device=device)
         self.sizes = []
@@ -86,6 +86,19 @@ class UpdateStats:
         row = len(self.sizes)
         self.sizes.append(n)
         return self._ratio[start : self._offset], self._log_ratio[start : self._offset], self._scalars[row]
+
+    def next_epoch(self, sizes: list[int]) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+        """
+        ``next`` for all the minibatches of an epoch at once (``FusedPPO.epoch`` writes them in one call).
+
+        :param sizes: the epoch's minibatch sizes
+        :return: where their ratios ``[sum(sizes)]``, log-ratios ``[sum(sizes)]`` and scalars
+            ``[len(sizes), N_SCALARS]`` go, one minibatch after the other
+        """
+        start, row = self._offset, len(self.sizes)
+        self._offset += sum(sizes)
+        self.sizes.extend(sizes)
+        return self._ratio[start : self._offset], self._log_ratio[start : self._offset], self._scalars[row : len(self.sizes)]
 
     @staticmethod
     @th.no_grad()
@@ -114,7 +127,8 @@ class UpdateStats:
         temporary = ratio - 1
         clipped = th.gt(temporary.abs_(), self._clip_range, out=temporary)
         per_minibatch(clipped, sizes, "mean", out[CLIP_FRACTION])
-        kl = th.exp(log_ratio, out=temporary).sub_(1).sub_(log_ratio)  # exp(r) - 1 - r
+        # sb3_trust.common.kl.approx_kl_k3 of each minibatch, in place: exp(r) - 1 - r
+        kl = th.exp(log_ratio, out=temporary).sub_(1).sub_(log_ratio)
         per_minibatch(kl, sizes, "mean", out[APPROX_KL])
 
     def mean(self, column: int) -> float:
