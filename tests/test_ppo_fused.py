@@ -443,3 +443,10 @@ def test_non_finite_loss_in_a_c_epoch_restores_the_update(monkeypatch):
     for a, b in zip(before, model.policy.parameters(), strict=True):
         assert th.equal(a, b)
     assert model._n_updates == n_updates
+
+
+def test_blas_functions_are_torchs_and_numpys():
+    """ppo_epoch needs both (else TrustPPO keeps the per-minibatch path); this machine's torch and NumPy have them."""
+    found = fused_module.blas_functions()
+    assert found is not None and all(isinstance(address, int) and address > 0 for address in found)
+    assert fused_module._loaded_library("numpy.libs", "no-such-library") is None

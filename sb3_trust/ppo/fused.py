@@ -110,17 +110,18 @@ def numpy_product_limit() -> int:
     return NUMPY_PRODUCT_WORK if pinned else min(NUMPY_PRODUCT_WORK, NumpyFusedActorCritic.MAX_NUMPY_WORK)
 
 
-def _loaded_library(fragment: str) -> str | None:
+def _loaded_library(directory: str, fragment: str) -> str | None:
     """
-    :param fragment: part of a shared library's file name
-    :return: the path of a library of this process whose file name contains it, or ``None``
+    :param directory: the name of the folder the library lies in
+    :param fragment: part of its file name
+    :return: the path of a shared library loaded in this process that matches both, or ``None``
     """
     try:
         with open("/proc/self/maps") as maps:
             for line in maps:
-                path = line.split(maxsplit=5)[-1].strip()
-                if path.startswith("/") and fragment in os.path.basename(path):
-                    return path
+                path = Path(line.split(maxsplit=5)[-1].strip())
+                if path.is_absolute() and path.parent.name == directory and fragment in path.name:
+                    return str(path)
     except OSError:
         pass
     return None
@@ -141,7 +142,7 @@ def blas_functions() -> tuple[int, int] | None:
     _blas = None
     try:
         blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]  # type: ignore[index]
-        numpy_path = _loaded_library("openblas")
+        numpy_path = _loaded_library("numpy.libs", "scipy_openblas64_")
         if (
             th.backends.mkl.is_available()
             and blas.get("name") == "scipy-openblas"
