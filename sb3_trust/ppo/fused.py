@@ -496,6 +496,11 @@ class FusedPPO:
         self.adam_bound = self.rebound = False
         self._head_buffers: tuple[th.Tensor, th.Tensor] | None = None
         self.work = Workspace()
+        # ppo_epoch's plan for the current update (``plan_epochs``), the ctypes arrays and tensors it points to
+        self._plan: _EpochPlan | None = None
+        self._plan_arrays: list[Any] = []
+        self._tables: tuple[Any, ...] = ()
+        self._max_grad_norm = 0.0
 
     @staticmethod
     def supports(analytic: AnalyticPPO, parameters: Sequence[th.Tensor]) -> bool:
@@ -605,13 +610,11 @@ class FusedPPO:
         :param old: π_old's parameters on the whole rollout (``[n_samples, k]`` each), for the KL penalty, or ``None``
         :param reference: π_ref's parameters on the whole rollout, for the reference KL, or ``None``
         :param max_grad_norm: SB3's ``max_grad_norm``
-
         :return: whether ``epoch`` can run this update's epochs: the BLAS functions are found (``blas_functions``), the
             chains are Linear layers each followed by ReLU or by nothing (Tanh chains keep ``terms``: their ``tanh`` is
             NumPy's), and π_old's and π_ref's parameters are ``[n_samples, k]`` float32 tables
         """
-        self._plan = None
-        self._plan_arrays: list[Any] = []
+        self._plan, self._plan_arrays = None, []
         blas = blas_functions()
         if blas is None or self._head_buffers is None:
             return False
@@ -663,9 +666,9 @@ class FusedPPO:
         self._tables = (rollout.table, old, reference)  # what the plan points to, kept alive
         return True
 
-    def epoch(self, rollout: FlatRollout, batch_size: int | None, slots: tuple[th.Tensor, th.Tensor, th.Tensor]) -> int | None:
+    def epoch(self, rollout: FlatRollout, batch_size: int | None, slots: tuple[th.Tensor, th.Tensor, th.Tensor]) -> int:
         """
-        One epoch of minibatches by ``ppo_epoch``, if ``plan_epochs`` prepared it and the optimizer is bound: the same
+        One epoch of minibatches by ``ppo_epoch`` (``plan_epochs`` returned ``True``, and the optimizer is bound): the same
         permutation (``np.random.permutation``) and the same results as ``minibatches``, ``terms`` and ``FusedAdam.step``
         minibatch after minibatch.
 
