@@ -348,15 +348,21 @@ def _relu_model(env_id: str, settings: dict) -> TrustPPO:
     return TrustPPO("MlpPolicy", env_id, **{**kwargs, **settings})
 
 
+def _count_epoch_calls(monkeypatch) -> list[int]:
+    """:return: a list that ``FusedPPO.epoch`` appends 1 to at every call (for the rest of the test)"""
+    calls: list[int] = []
+    epoch = FusedPPO.epoch
+    monkeypatch.setattr(FusedPPO, "epoch", lambda self, *args: calls.append(1) or epoch(self, *args))
+    return calls
+
+
 @pytest.mark.parametrize("case", list(EPOCH_CASES))
 def test_epochs_in_one_call_are_the_minibatch_path_bit_for_bit(case, monkeypatch):
     """Oracle: the per-minibatch fused path (itself held to the closed-form path above and to SB3 PPO by the parity
     tests), on the same seed: the same permutations, products, losses and Adam steps, so identical parameters, optimizer
     state and logs after four updates."""
     env_id, settings = EPOCH_CASES[case]
-    calls: list[int] = []
-    epoch = FusedPPO.epoch
-    monkeypatch.setattr(FusedPPO, "epoch", lambda self, *args: calls.append(1) or epoch(self, *args))
+    calls = _count_epoch_calls(monkeypatch)
     ours = _relu_model(env_id, settings).learn(1024)
     n_epochs = ours._n_updates  # SB3 counts epochs
     assert (
@@ -378,9 +384,7 @@ def test_epochs_in_one_call_are_the_minibatch_path_bit_for_bit(case, monkeypatch
 
 
 def test_tanh_networks_and_target_kl_keep_the_minibatch_path(monkeypatch):
-    calls: list[int] = []
-    epoch = FusedPPO.epoch
-    monkeypatch.setattr(FusedPPO, "epoch", lambda self, *args: calls.append(1) or epoch(self, *args))
+    calls = _count_epoch_calls(monkeypatch)
     TrustPPO("MlpPolicy", "Pendulum-v1", n_steps=64, batch_size=32, n_epochs=2, seed=0).learn(128)
     TrustPPO(
         "MlpPolicy", "Pendulum-v1", n_steps=64, batch_size=32, n_epochs=2, seed=0, target_kl=0.01, policy_kwargs=RELU_NET
