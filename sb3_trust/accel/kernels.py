@@ -135,24 +135,25 @@ def _mlp_backward(arrays, grads, first, count, activations, outputs, grad):  # t
         activation = activations[layer]
         out = outputs[layer + 1]
         n, m = grad.shape
+        flat_grad, flat_out = grad.reshape(-1), out.reshape(-1)
         if activation == TANH:
-            for i in range(n):
-                for j in range(m):
-                    y = out[i, j]
-                    grad[i, j] = grad[i, j] * (np.float32(1.0) - y * y)
+            for i in range(flat_grad.shape[0]):
+                y = flat_out[i]
+                flat_grad[i] = flat_grad[i] * (np.float32(1.0) - y * y)
         elif activation == RELU:
-            for i in range(n):
-                for j in range(m):
-                    if not out[i, j] > 0:
-                        grad[i, j] = np.float32(0.0)
+            for i in range(flat_grad.shape[0]):
+                if not flat_out[i] > 0:
+                    flat_grad[i] = np.float32(0.0)
         index = 2 * (first + layer)
         np.dot(grad.T, outputs[layer], grads[index])
+        # The bias's gradient: the column sums, accumulated in float64 row by row (so that it vectorises)
+        totals = np.zeros(m, np.float64)
+        for i in range(n):
+            for j in range(m):
+                totals[j] += grad[i, j]
         grad_bias = grads[index + 1]
         for j in range(m):
-            total = np.float32(0.0)
-            for i in range(n):
-                total += grad[i, j]
-            grad_bias[0, j] = total
+            grad_bias[0, j] = totals[j]
         if layer > 0:
             grad = np.dot(grad, arrays[index])
 

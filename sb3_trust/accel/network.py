@@ -154,7 +154,7 @@ class PackedPolicy:
         )
         self.params = policy_parameters(policy)
         self.arrays = List([as_2d(param) for param in self.params])
-        self._pointers = self.pointers()
+        self.data_pointers = self.pointers()
         self.n_actor_params = 2 * len(actor)
 
     def pointers(self) -> list[int]:
@@ -165,7 +165,7 @@ class PackedPolicy:
         """:return: whether this packing still views ``policy``'s parameters"""
         return (
             policy is self.policy
-            and self.pointers() == self._pointers
+            and self.pointers() == self.data_pointers
             and [id(p) for p in policy_parameters(policy)] == [id(p) for p in self.params]
         )
 

@@ -45,14 +45,16 @@ class PPOStep:
         self._settings_key: tuple | None = None
         self._stats = np.zeros(kernels.N_STATS, np.float64)
         self._state_list: Any = None
-        self._state_key: tuple | None = None
+        self._state: Any = None
+        self._state_entries: list[dict] = []
+        self._state_tensors: list[th.Tensor] = []
 
     def _pack(self) -> PackedPolicy:
-        """:return: the packed policy, packed again if the policy's tensors were replaced"""
+        """:return: the packed policy, packed again if the policy's modules or tensors were replaced"""
         policy = self.model.policy
         if self._packed is None or not self._packed.is_current(policy):
             self._packed = PackedPolicy(policy)
-            self._optimizer = None
+            self._state_list = None
             n_params = len(self._packed.params)
             self._hyper = np.zeros((n_params, kernels.N_HYPER), np.float64)
             self._grad_buffer = np.zeros(sum(param.numel() for param in self._packed.params), np.float32)
@@ -60,25 +62,33 @@ class PPOStep:
 
     def begin_update(self, old_policy: Any) -> None:
         """
-        Start an update: check that the policy and its optimizer are still those packed, and keep π_old's actor.
+        Start an update: check that the policy is still the one packed (its modules, its tensors), and keep π_old's
+        actor. Between two calls the policy's modules must not be replaced (their parameters may be loaded, or their
+        tensors replaced: each step checks those, and the optimizer's state).
 
-        :param old_policy: a frozen copy of the policy at the start of the update
+        :param old_policy: a frozen copy of the policy at the start of the update (needed for ``kl_penalty``)
         """
         packed = self._pack()
         self._old_arrays = packed.old_actor(old_policy) if old_policy is not None else None
-        self._state_list = None
 
     def _adam_state(self) -> tuple[Any, list[th.Tensor]]:
         """
         :return: the typed list of parameters and Adam state for the kernel, and the parameters whose state was created
             now (as torch's Adam creates it at its first step; removed again if the step is not applied)
         """
+        packed = self._packed if self._packed is not None else self._pack()
+        if packed.pointers() != packed.data_pointers:  # a parameter's tensor was replaced
+            packed = self._pack()
+        state = self.model.policy.optimizer.state
+        created = []
+        if (
+            self._state_list is not None
+            and state is self._state
+            and all(state.get(param) is entries for param, entries in zip(packed.params, self._state_entries))
+        ):
+            return self._state_list, created
         from numba.typed import List
 
-        packed = self._pack()
-        optimizer = self.model.policy.optimizer
-        state = optimizer.state
-        created = []
         for param in packed.params:
             if len(state[param]) == 0:
                 state[param]["step"] = th.zeros((), dtype=_scalar_dtype())
@@ -86,14 +96,15 @@ class PPOStep:
                 state[param]["exp_avg_sq"] = th.zeros_like(param, memory_format=th.preserve_format)
                 created.append(param)
         tensors = [state[param][key] for key in ("exp_avg", "exp_avg_sq", "step") for param in packed.params]
-        key = (id(optimizer), [id(tensor) for tensor in tensors])
-        if self._state_list is None or self._state_key != key:
-            for tensor in tensors:
-                if tensor.dtype != th.float32 or not tensor.is_contiguous() or tensor.device.type != "cpu":
-                    raise TypeError(f"the accelerator needs float32 CPU Adam state, got {tensor.dtype} {tensor.device}")
-            self._state_list = List(list(packed.arrays) + [as_2d(tensor) for tensor in tensors])
-            # Holding the tensors keeps their ids from being reused by others while the key is compared
-            self._state_key, self._state_tensors = key, tensors
+        for tensor in tensors:
+            if tensor.dtype != th.float32 or not tensor.is_contiguous() or tensor.device.type != "cpu":
+                raise TypeError(f"the accelerator needs float32 CPU Adam state, got {tensor.dtype} {tensor.device}")
+        self._state_list = List(list(packed.arrays) + [as_2d(tensor) for tensor in tensors])
+        # Torch replaces the whole state (load_state_dict) or a parameter's entries: both are seen by identity. Holding
+        # them keeps their ids from being reused by other objects.
+        self._state = state
+        self._state_entries = [state[param] for param in packed.params]
+        self._state_tensors = tensors
         return self._state_list, created
 
     def _hyper_parameters(self) -> np.ndarray:
