@@ -84,7 +84,7 @@ class PPOStep:
         if (
             self._state_list is not None
             and state is self._state
-            and all(state.get(param) is entries for param, entries in zip(packed.params, self._state_entries))
+            and all(state.get(param) is entries for param, entries in zip(packed.params, self._state_entries, strict=True))
         ):
             return self._state_list, created
         from numba.typed import List
