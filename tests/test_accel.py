@@ -341,6 +341,24 @@ def test_fresh_and_existing_optimizer_state():
         assert_same_state(policy, expected)
 
 
+def test_gradient_clipping_at_small_norms():
+    """torch's clip_grad_norm_ coefficient ``max_norm / (norm + 1e-6)``: visible in Adam's moments when the gradient
+    norm is close to 1e-6 (Adam's step itself hardly depends on the gradient's scale). Also unclipped (coefficient 1)."""
+    for spaces_, max_grad_norm in itertools.product((PENDULUM, CARTPOLE), (1e-7, 1e3)):
+        policy = make_policy(spaces_)
+        settings = LossSettings(
+            **{**settings_for("unclipped", None, "sb3", 0.0, False).__dict__, "vf_coef": 1e-8, "max_grad_norm": max_grad_norm}
+        )
+        expected = copy.deepcopy(policy)
+        step = accel.ppo_step(make_model(policy, "unclipped"))
+        step.begin_update(None)
+        for i in range(3):
+            data = minibatch(expected, 64, seed=i)
+            data.advantages.mul_(1e-6)  # gradient norm about 1e-6
+            assert_same_stats(step.step(data, settings), reference_step(expected, None, data, settings))
+            assert_same_state(policy, expected)
+
+
 def test_early_stop_changes_nothing():
     """approx_kl above max_approx_kl: applied=False, parameters and Adam state untouched, no state created."""
     policy = make_policy(PENDULUM)
