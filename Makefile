@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# The CPU build of torch first: an unpinned torch would pull several GB of CUDA packages
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev,benchmarks,ray]"
+	$(BIN)/pip install -q -e ".[dev,benchmarks,ray,fast]"
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -29,8 +29,10 @@ test-fast: $(STAMP)
 compare: $(STAMP)
 	$(BIN)/python -m benchmarks compare
 
+# ruff, and the import contracts of pyproject.toml (the layering: zoo > algorithms > accelerator > common)
 lint: $(STAMP)
 	$(BIN)/ruff check sb3_trust tests benchmarks
+	$(BIN)/lint-imports
 
 format: $(STAMP)
 	$(BIN)/ruff check --select I --fix sb3_trust tests benchmarks

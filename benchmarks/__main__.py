@@ -10,7 +10,7 @@ def main() -> None:
     commands = {
         "compare": "benchmarks.compare",
         "throughput": "benchmarks.throughput",
-        "run": "benchmarks.runner",
+        "run": "benchmarks.sweep",
         "report": "benchmarks.report",
         "soak": "benchmarks.soak",
     }

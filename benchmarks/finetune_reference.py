@@ -31,8 +31,7 @@ import torch as th
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 
-from sb3_trust import TrustPPO
-from sb3_trust.common.kl import exact_kl
+from sb3_trust import TrustPPO, exact_kl
 
 OUT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "finetune_reference")
 PRETRAIN_GRAVITY = 10.0

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 from torch import nn
 
-from sb3_trust.common.schedules import linear_schedule
+from sb3_trust import linear_schedule
 
 SCHEDULE_KEYS = ("learning_rate", "clip_range", "clip_range_vf")
 ZOO_ONLY_KEYS = ("n_envs", "n_timesteps", "normalize", "normalize_kwargs", "policy", "env_wrapper", "frame_stack", "callback")

@@ -25,13 +25,13 @@ from benchmarks.runner import (
     is_finished,
     jsonable,
     load_record,
-    main,
     parse_hyperparams,
     parse_seeds,
     save_record,
     select_runs,
 )
 from benchmarks.suites import ALGOS, SUITES, BenchmarkInputError, get_algo, yml_entry
+from benchmarks.sweep import main
 
 REPO = Path(__file__).resolve().parent.parent
 # Tiny runs: CartPole-v1's zoo PPO rollout is 8 envs x 32 steps = 256 steps
@@ -515,11 +515,11 @@ def test_ppo_code_hash_covers_every_module_trust_ppo_imports():
 
 @pytest.mark.parametrize(
     "source, stales",
-    [("ppo/fused_kernels.c", {"ppo": True, "trpo": False}), ("common/collect_kernels.c", {"ppo": True, "trpo": True})],
+    [("ppo/losses.py", {"ppo": True, "trpo": False}), ("accel/__init__.py", {"ppo": True, "trpo": True})],
 )
-def test_code_hash_covers_the_c_kernels(tmp_path, source, stales):
-    """A change to TrustPPO's minibatch kernels makes its results stale, and only its results (not the TRPO family's);
-    a change to the collection kernel (used by both families) makes the results of both stale."""
+def test_code_hash_covers_the_algorithm_and_the_accelerator(tmp_path, source, stales):
+    """A change to TrustPPO's losses makes its results stale, and only its results (not the TRPO family's); a change to
+    the accelerator (collection is used by both families) makes the results of both stale."""
     import pathlib
     import shutil
 
@@ -527,8 +527,8 @@ def test_code_hash_covers_the_c_kernels(tmp_path, source, stales):
     copy = tmp_path / "sb3_trust"
     shutil.copytree(package, copy, ignore=shutil.ignore_patterns("__pycache__"))
     before = {family: runner.algorithm_code_hash(copy, family)["hash"] for family in ("ppo", "trpo")}
-    kernels = copy / source
-    kernels.write_text(kernels.read_text() + "\n/* changed */\n")
+    changed = copy / source
+    changed.write_text(changed.read_text() + "\n# changed\n")
     after = {family: runner.algorithm_code_hash(copy, family)["hash"] for family in ("ppo", "trpo")}
     assert {family: after[family] != before[family] for family in after} == stales
 

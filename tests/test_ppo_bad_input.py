@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.env_util import make_vec_env
 
@@ -30,7 +31,7 @@ BAD = [
     (dict(kl_coef=float("nan")), ValueError, ["kl_coef", "nan"]),
     (dict(target_kl=0.0), ValueError, ["target_kl", "0.0"]),
     (dict(target_kl=-1), ValueError, ["target_kl", "-1"]),
-    (dict(batch_size=128, n_steps=32), ValueError, ["batch_size", "128", "n_steps * n_envs"]),
+    (dict(batch_size=21, n_steps=64), ValueError, ["batch_size=21", "1 sample", "normalize_advantage"]),
     (dict(batch_size=1), ValueError, ["batch_size", "1", "normalize_advantage"]),
     (dict(batch_size=0, normalize_advantage=False), ValueError, ["batch_size", "0"]),
     (dict(batch_size=32.0), TypeError, ["batch_size", "32.0"]),
@@ -78,6 +79,29 @@ def test_bad_schedule_value_fails_at_its_first_use():
     model = TrustPPO("MlpPolicy", "CartPole-v1", n_steps=64, batch_size=32, clip_range=lambda _: -0.1)
     with pytest.raises(ValueError, match="clip_range"):
         model.learn(64)
+
+
+@pytest.mark.parametrize("algo", ["TrustPPO", "TrustTRPO"])
+def test_learning_rate_schedule_that_goes_negative_is_refused(algo):
+    """SB3 would train by gradient ascent; the schedule is checked when it is evaluated, and nothing is changed."""
+    import sb3_trust
+
+    cls = getattr(sb3_trust, algo)
+    model = cls("MlpPolicy", "CartPole-v1", n_steps=64, batch_size=32, learning_rate=lambda progress: progress - 0.5)
+    with pytest.raises(ValueError, match=r"learning_rate.*-0\.25"):
+        model.learn(64 * 4)
+    # progress remaining 1 - 128/256 gives lr = 0 (allowed, as an annealed schedule's end); at 1 - 192/256 it is -0.25
+    assert model.num_timesteps == 192
+    for name, value in model.policy.state_dict().items():
+        assert th.isfinite(value).all(), name
+
+
+def test_batch_larger_than_the_rollout_warns_and_trains_as_sb3():
+    """SB3 accepts batch_size > n_steps * n_envs (one minibatch of the whole rollout) and rl-zoo3's configs rely on it."""
+    with pytest.warns(UserWarning, match="truncated mini-batch of size 8"):
+        model = TrustPPO("MlpPolicy", "MountainCarContinuous-v0", n_steps=8, batch_size=256, device="cpu")
+    model.learn(32)
+    assert model._n_updates == 4 * model.n_epochs
 
 
 def test_valid_extremes_are_accepted():

@@ -19,11 +19,16 @@ CASES = [
     pytest.param("Pendulum-v1", {"clip_range_vf": 0.5, "target_kl": 0.0005}, id="pendulum-vf-clip-target-kl"),
     pytest.param("Pendulum-v1", {"normalize_advantage": False}, id="pendulum-no-adv-norm"),
     pytest.param("Pendulum-v1", {"use_sde": True, "sde_sample_freq": 4}, id="pendulum-gsde"),
+    # rl-zoo3's MountainCarContinuous-v0 config: a batch larger than the rollout (SB3 warns, trains one minibatch)
+    pytest.param("MountainCarContinuous-v0", {"n_steps": 8, "batch_size": 256}, id="batch-larger-than-rollout"),
 ]
 
 
 def _train(cls, env_id: str, kwargs: dict, logged: dict | None = None) -> th.nn.Module:
     settings = dict(n_steps=128, batch_size=32, n_epochs=4, learning_rate=1e-3, policy_kwargs=dict(net_arch=[32]))
+    if cls is TrustPPO:
+        # The reference path is the one held to SB3 (the accelerator is held to the reference path)
+        settings["backend"] = "reference"
     model = cls("MlpPolicy", env_id, seed=3, device="cpu", **{**settings, **kwargs})
     if logged is not None:  # keep what the last update logged
         logger = configure(folder=None, format_strings=[])

@@ -106,21 +106,22 @@ def test_non_finite_loss_restores_weights_and_optimizer_mid_update():
     before = _params(model)
     optimizer_before = {k: v["exp_avg"].clone() for k, v in model.policy.optimizer.state_dict()["state"].items()}
     n_updates = model._n_updates
-    original_step = model.policy.optimizer.step
+    original_get = model.rollout_buffer.get
     calls = []
 
-    def poisoned_step(*args, **kwargs):
-        calls.append(1)
-        result = original_step(*args, **kwargs)
-        if len(calls) == 2:  # after the 2nd minibatch of the update, poison the value head
-            with th.no_grad():
-                model.policy.value_net.weight.fill_(float("nan"))
-        return result
+    def poisoned_get(batch_size):
+        # The minibatches of whichever path trains (reference or accelerator): after 2 were applied, poison the value head
+        for rollout_data in original_get(batch_size):
+            calls.append(1)
+            if len(calls) == 3:
+                with th.no_grad():
+                    model.policy.value_net.weight.fill_(float("nan"))
+            yield rollout_data
 
-    model.policy.optimizer.step = poisoned_step
+    model.rollout_buffer.get = poisoned_get
     with pytest.raises(NonFiniteError, match=r"value_loss|parameters"):
         model.learn(64, reset_num_timesteps=False)
-    assert len(calls) >= 2
+    assert len(calls) >= 3
     assert _same(before, _params(model))
     optimizer_after = {k: v["exp_avg"] for k, v in model.policy.optimizer.state_dict()["state"].items()}
     assert all(th.equal(optimizer_before[k], optimizer_after[k]) for k in optimizer_before)
@@ -131,20 +132,21 @@ def test_interrupt_mid_update_restores_and_checkpoint_continues(tmp_path):
     model = TrustPPO("MlpPolicy", "CartPole-v1", **SMALL)
     model.learn(64)
     before = _params(model)
-    original_step = model.policy.optimizer.step
+    original_get = model.rollout_buffer.get
     calls = []
 
-    def interrupted_step(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return original_step(*args, **kwargs)
+    def interrupted_get(batch_size):
+        for rollout_data in original_get(batch_size):
+            calls.append(1)
+            if len(calls) == 3:
+                raise KeyboardInterrupt
+            yield rollout_data
 
-    model.policy.optimizer.step = interrupted_step
+    model.rollout_buffer.get = interrupted_get
     with pytest.raises(KeyboardInterrupt):
         model.learn(64, reset_num_timesteps=False)
     assert _same(before, _params(model))  # the 2 applied minibatches were rolled back
-    del model.policy.optimizer.step
+    del model.rollout_buffer.get
     model.save(tmp_path / "checkpoint.zip")
     loaded = TrustPPO.load(tmp_path / "checkpoint.zip", env=model.get_env(), device="cpu")
     assert _same(before, _params(loaded))

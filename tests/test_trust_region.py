@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 from sb3_contrib.common.utils import conjugate_gradient_solver
 from stable_baselines3.common.distributions import CategoricalDistribution, DiagGaussianDistribution, kl_divergence
 
-from sb3_trust.common.fast_fisher import AnalyticActor
 from sb3_trust.common.kl import exact_kl
 from sb3_trust.common.trust_region import (
     LineSearchResult,
@@ -195,23 +194,6 @@ def test_fisher_vector_product_matches_explicit_fisher(kind, convention, damping
         assert th.allclose(fvp(vector), expected, rtol=1e-9, atol=1e-12)
     # The Fisher matrix is positive semi-definite, the damped one positive definite
     assert th.linalg.eigvalsh(fisher).min() > -1e-10
-
-
-@pytest.mark.parametrize("kind", ["categorical", "gaussian"])
-@pytest.mark.parametrize("damping", [0.0, 0.1])
-def test_analytic_fisher_vector_product_matches_explicit_fisher(kind, damping):
-    """The closed-form product (J v, the distribution's Fisher matrix, Jᵀ u) used in the paper convention."""
-    _, params, fisher, generator = _kl_and_params(kind, "paper", seed=0)
-    obs = th.randn(7, 3, generator=th.Generator().manual_seed(0), dtype=th.float64)  # the states of _kl_and_params
-    w1, b1, w2, b2 = params[:4]
-    log_std = params[4] if kind == "gaussian" else None
-    actor = AnalyticActor([(w1, b1), "tanh", (w2, b2)], log_std, params)
-    actions = th.randint(0, 3, (7,), generator=generator) if kind == "categorical" else th.randn(7, 2, dtype=th.float64)
-    actor.prepare(obs, actions, th.zeros(7, dtype=th.float64), th.randn(7, generator=generator, dtype=th.float64))
-    fvp = actor.fisher_vector_product_fn(damping)
-    for _ in range(3):
-        vector = th.randn(fisher.shape[0], generator=generator, dtype=th.float64)
-        assert th.allclose(fvp(vector), fisher @ vector + damping * vector, rtol=1e-9, atol=1e-12)
 
 
 def test_fisher_vector_product_from_kl_gradient():

@@ -1,22 +1,26 @@
 """
-What TrustPPO and TrustTRPO/TrustNPG add to SB3's ``OnPolicyAlgorithm`` in the same way: the choice of the lean
-policy path, a checked ``load()``, and attaching the frozen reference policy of the reference KL.
+What TrustPPO and TrustTRPO/TrustNPG add to SB3's ``OnPolicyAlgorithm`` in the same way: the choice between the
+reference path and the accelerator, a checked learning-rate schedule, a checked ``load()``, and attaching the frozen
+reference policy of the reference KL.
 """
 
 import io
 import os
 import pathlib
+from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
 import torch as th
 from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.type_aliases import GymEnv
+from stable_baselines3.common.vec_env import VecEnv
 
-from sb3_trust.common.fast_policy import FastActorCritic, unsupported_reason
-from sb3_trust.common.fast_rollout import FlatRollout
-from sb3_trust.common.reference import check_reference_kwargs, setup_reference
-from sb3_trust.common.safety import check_saved_model
+from sb3_trust.common.reference import after_collection, check_reference_kwargs, setup_reference
+from sb3_trust.common.safety import FiniteObservations, check_saved_model
+from sb3_trust.common.validation import check_schedule_value
 
 SelfTrustAlgorithm = TypeVar("SelfTrustAlgorithm", bound="TrustAlgorithmMixin")
 
@@ -28,25 +32,61 @@ class TrustAlgorithmMixin:
     """
 
     _trust_family: ClassVar[str]
-    # Whether the lean path evaluates tanh with NumPy (last-bit differences from th.tanh)
-    _fast_numpy_tanh: ClassVar[bool] = False
 
-    def _fast_path(self) -> FastActorCritic | None:
+    def _accelerated(self, part: str, can_run: Callable[[Any, str], str | None], make: Callable[[Any], Any]) -> Any:
         """
-        :return: the lean evaluation path for this policy and buffer (cached per policy object), or ``None`` for SB3's
-            generic methods (the reason is logged once, at verbosity >= 1)
+        Choose the path of one part of the algorithm (``"collect"`` or ``"train"``) from the ``backend`` keyword and
+        what the accelerator says it can run; record it in ``collect_backend`` / ``train_backend`` (and the reason in
+        ``backend_reasons``), print it once at ``verbose >= 1``.
+
+        :param part: ``"collect"`` or ``"train"``
+        :param can_run: the accelerator's ``can_run(model, part) -> reason or None``
+        :param make: builds the accelerator's runner for this model (called once per policy object)
+        :return: the accelerator's runner, or ``None`` for the reference path
+        :raise ValueError: with ``backend="accelerated"`` when the accelerator cannot run this part
         """
         algorithm: Any = self
-        if getattr(algorithm, "_fast_policy_for", None) is not algorithm.policy:
-            reason = unsupported_reason(algorithm.policy)
-            if reason is None and not FlatRollout.supports(algorithm.rollout_buffer):
-                reason = f"rollout buffer class {type(algorithm.rollout_buffer).__name__}"
-            fast = FastActorCritic(algorithm.policy, numpy_tanh=self._fast_numpy_tanh) if reason is None else None
-            algorithm._fast_policy = fast
-            algorithm._fast_policy_for = algorithm.policy
-            if reason is not None and algorithm.verbose >= 1:
-                print(f"{type(self).__name__}: using SB3's generic (slower) policy methods because of the {reason}")
-        return algorithm._fast_policy
+        reason = "backend='reference'" if algorithm.backend == "reference" else can_run(self, part)
+        if reason is not None and algorithm.backend == "accelerated":
+            raise ValueError(
+                f"{type(self).__name__}: backend='accelerated' cannot run the {part} part of this model: {reason}"
+            )
+        path = "reference" if reason is not None else "accelerated"
+        if algorithm.backend_reasons.get(part, "") != reason and algorithm.verbose >= 1:
+            because = f" ({reason})" if reason is not None else ""
+            print(f"{type(self).__name__}: {part} on the {path} path{because}")
+        algorithm.backend_reasons[part] = reason
+        setattr(algorithm, f"{part}_backend", path)
+        if reason is not None:
+            return None
+        runners = algorithm._runners
+        if runners.get(part, (None, None))[0] is not algorithm.policy:
+            runners[part] = (algorithm.policy, make(self))
+        return runners[part][1]
+
+    def collect_rollouts(
+        self, env: VecEnv, callback: BaseCallback, rollout_buffer: RolloutBuffer, n_rollout_steps: int
+    ) -> bool:
+        """
+        SB3's ``collect_rollouts``, or the accelerator's (same semantics), then the reward shaping toward the reference
+        policy, if any. A non-finite observation stops with a ``NonFiniteError``.
+        """
+        algorithm: Any = self
+        collector = algorithm._collector()
+        env = FiniteObservations(env, self)
+        if collector is None:
+            complete = super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps)  # type: ignore[misc]
+        else:
+            complete = collector.collect_rollouts(self, env, callback, rollout_buffer, n_rollout_steps)
+        if complete:
+            after_collection(self)
+        return complete
+
+    def _update_learning_rate(self, optimizers: Any) -> None:
+        """SB3's, with the schedule's value checked (a schedule that goes negative would train by gradient ascent)."""
+        algorithm: Any = self
+        check_schedule_value("learning_rate", algorithm.lr_schedule(algorithm._current_progress_remaining))
+        super()._update_learning_rate(optimizers)  # type: ignore[misc]
 
     @classmethod
     def load(  # type: ignore[override]

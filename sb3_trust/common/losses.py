@@ -1,13 +1,11 @@
 """
-The loss terms of the PPO family, as small pure functions on tensors.
-
-Every function returns the (differentiable) loss and leaves the logging to the caller.
+The value-function loss and the advantage normalisation of the PPO family, as small pure functions on tensors.
+The policy losses are TrustPPO's registry, ``sb3_trust.ppo.losses``.
 """
 
 import torch as th
 from torch.nn import functional as F
 
-POLICY_LOSSES = ("clip", "kl_penalty", "unclipped")
 VF_CLIP_MODES = ("sb3", "max")
 
 
@@ -22,44 +20,6 @@ def normalize_advantages(advantages: th.Tensor) -> th.Tensor:
     if len(advantages) < 2:
         return advantages
     return (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-
-
-def clipped_surrogate_loss(ratio: th.Tensor, advantages: th.Tensor, clip_range: float) -> th.Tensor:
-    """
-    PPO-clip: ``-mean(min(r·A, clip(r, 1-ε, 1+ε)·A))`` (Schulman et al. 2017, eq. 7), SB3's formula.
-
-    :param ratio: π_new(a|s) / π_old(a|s)
-    :param advantages: advantages
-    :param clip_range: ε
-    :return: the loss (to minimise)
-    """
-    policy_loss_1 = advantages * ratio
-    policy_loss_2 = advantages * th.clamp(ratio, 1 - clip_range, 1 + clip_range)
-    return -th.min(policy_loss_1, policy_loss_2).mean()
-
-
-def surrogate_loss(ratio: th.Tensor, advantages: th.Tensor) -> th.Tensor:
-    """
-    The unclipped importance-sampled surrogate ``-mean(r·A)`` (the CPI objective of the PPO paper, eq. 6).
-
-    :param ratio: π_new(a|s) / π_old(a|s)
-    :param advantages: advantages
-    :return: the loss (to minimise)
-    """
-    return -(advantages * ratio).mean()
-
-
-def kl_penalty_loss(ratio: th.Tensor, advantages: th.Tensor, kl: th.Tensor, kl_coef: float) -> th.Tensor:
-    """
-    PPO-Penalty (Schulman et al. 2017, eq. 8): ``-mean(r·A) + β·mean(KL(π_old ‖ π_new))``.
-
-    :param ratio: π_new(a|s) / π_old(a|s)
-    :param advantages: advantages
-    :param kl: exact KL(π_old ‖ π_new) per state, summed over action dimensions
-    :param kl_coef: β
-    :return: the loss (to minimise)
-    """
-    return surrogate_loss(ratio, advantages) + kl_coef * kl.mean()
 
 
 def value_loss(

@@ -25,11 +25,10 @@ import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.buffers import RolloutBuffer
-from stable_baselines3.common.distributions import CategoricalDistribution, Distribution
+from stable_baselines3.common.distributions import Distribution
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.save_util import load_from_zip_file
 
-from sb3_trust.common.fast_policy import FastActorCritic, unsupported_reason
 from sb3_trust.common.policy_utils import frozen_copy
 from sb3_trust.common.rollout import iterate_rollout_in_order
 
@@ -146,7 +145,6 @@ class ReferencePolicy:
                 f"{policy.action_space}, but the env has {observation_space} and {action_space}: they must be equal"
             )
         self.policy = frozen_copy(policy).to(device)
-        self.fast = FastActorCritic(self.policy) if unsupported_reason(self.policy) is None else None
         self.fingerprint = fingerprint(self.policy)
         self.action_space = action_space
 
@@ -154,20 +152,6 @@ class ReferencePolicy:
         """:return: π_ref(·|obs) as an SB3 distribution (valid until the next call)"""
         with th.no_grad():
             return self.policy.get_distribution(obs)
-
-    def distribution_params(self, obs: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
-        """
-        :param obs: observations
-        :return: Categorical (normalised logits, probs) or Gaussian (mean, std) parameters of π_ref(·|obs), in the
-            format of ``FastActorCritic.distribution_params``
-        """
-        with th.no_grad():
-            if self.fast is not None:
-                return self.fast.distribution_params(self.fast.latent(obs)[0])
-            distribution = self.policy.get_distribution(obs).distribution
-            if isinstance(self.policy.action_dist, CategoricalDistribution):
-                return distribution.logits, distribution.probs  # type: ignore[union-attr]
-            return distribution.mean, distribution.stddev  # type: ignore[union-attr]
 
     def rollout_log_prob(self, rollout_buffer: RolloutBuffer) -> np.ndarray:
         """
@@ -351,14 +335,13 @@ def after_collection(algo: Any) -> None:
     """
     if not reference_active(algo) or algo.reference_kl_mode != "reward":
         return
-    share = shape_rollout_rewards(
-        algo._reference,
-        algo.rollout_buffer,
-        algo.policy,
-        algo._last_obs,
-        algo._last_episode_starts,
-        current_reference_coef(algo),
-    )
+    coef = current_reference_coef(algo)
+    # β = 0 shapes nothing: the rollout's returns stay as collected
+    share = 0.0
+    if coef != 0:
+        share = shape_rollout_rewards(
+            algo._reference, algo.rollout_buffer, algo.policy, algo._last_obs, algo._last_episode_starts, coef
+        )
     algo.logger.record("train/ref_reward_share", share)
 
 

@@ -17,6 +17,8 @@ import numpy as np
 import torch as th
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
+from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
 
 NON_FINITE_ACTIONS = ("raise", "skip")
 
@@ -34,6 +36,41 @@ _ROLLOUT_FIELDS = (
 
 class NonFiniteError(FloatingPointError):
     """A NaN or infinite number appeared in a rollout or an update. The weights from before the update are kept."""
+
+
+class FiniteObservations(VecEnvWrapper):
+    """
+    Stops collection with a ``NonFiniteError`` naming the step, the env and the timestep when the env returns a NaN or
+    infinite observation: the policy cannot act on it (SB3's distributions would fail with a less helpful
+    ``ValueError``), so not even ``on_non_finite="skip"`` can skip it. Wraps the VecEnv for the duration of one
+    ``collect_rollouts``.
+
+    :param venv: the training VecEnv
+    :param algo: the algorithm (for ``num_timesteps``)
+    """
+
+    def __init__(self, venv: VecEnv, algo: Any) -> None:
+        super().__init__(venv)
+        self.algo = algo
+
+    def reset(self) -> Any:
+        return self.venv.reset()
+
+    def step_wait(self) -> VecEnvStepReturn:
+        obs, rewards, dones, infos = self.venv.step_wait()
+        arrays = obs.items() if isinstance(obs, dict) else [(None, obs)]
+        for key, array in arrays:
+            array = np.asarray(array)
+            if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+                env, *_ = np.argwhere(~np.isfinite(array))[0]
+                name = "observation" if key is None else f"observation '{key}'"
+                bad = array[np.unravel_index(np.argmax(~np.isfinite(array)), array.shape)]
+                raise NonFiniteError(
+                    f"{type(self.algo).__name__}: non-finite {name} ({bad}) from env {env} at timestep "
+                    f"{self.algo.num_timesteps + self.num_envs}; the policy cannot act on it, training stops here "
+                    "(the weights from before are kept)"
+                )
+        return obs, rewards, dones, infos
 
 
 def find_non_finite_in_rollout(rollout_buffer: RolloutBuffer, num_timesteps: int) -> str | None:
@@ -106,11 +143,9 @@ class UpdateSnapshot:
 def all_finite(tensors: list[th.Tensor]) -> bool:
     """
     :param tensors: tensors (e.g. the parameters)
-    :return: whether every element of every tensor is finite (one reduction per tensor, one host sync)
+    :return: whether every element of every tensor is finite
     """
-    if not tensors:
-        return True
-    return bool(th.isfinite(th.stack(th._foreach_norm(tensors))).all())
+    return all(bool(th.isfinite(tensor).all()) for tensor in tensors)
 
 
 def check_saved_model(path: Any, family: str, cls_name: str) -> None:

@@ -110,16 +110,21 @@ def check_action_space(action_space: spaces.Space, algo_name: str) -> None:
         raise TypeError(f"{algo_name} does not support the action space {action_space} (env): allowed are {allowed}")
 
 
-def check_rollout_sizes(n_steps: int, n_envs: int, batch_size: int | None, normalize_advantage: bool) -> None:
+def check_rollout_sizes(
+    n_steps: int, n_envs: int, batch_size: int | None, normalize_advantage: bool, minibatch_advantages: bool = True
+) -> None:
     """
     The rollout-size checks of SB3 PPO and sb3-contrib TRPO, as ``ValueError`` instead of ``assert``:
-    ``n_steps * n_envs`` must exceed 1 when advantages are normalised (otherwise the std is NaN), and
-    ``batch_size`` may not exceed the rollout. A batch size that does not divide the rollout only warns, as in SB3.
+    ``n_steps * n_envs`` must exceed 1 when advantages are normalised (otherwise their std is NaN). A ``batch_size``
+    that does not divide the rollout, or exceeds it (SB3 then trains on the whole rollout as one minibatch; rl-zoo3's
+    configs rely on it), only warns, with SB3's message. Refused, because it would train on NaN: a truncated last
+    minibatch of one sample when advantages are normalised per minibatch.
 
     :param n_steps: steps per env per rollout
     :param n_envs: number of envs
     :param batch_size: minibatch size
     :param normalize_advantage: whether advantages are normalised
+    :param minibatch_advantages: whether they are normalised per minibatch (PPO) rather than over the rollout (TRPO)
     """
     buffer_size = n_steps * n_envs
     if normalize_advantage and buffer_size < 2:
@@ -129,9 +134,11 @@ def check_rollout_sizes(n_steps: int, n_envs: int, batch_size: int | None, norma
         )
     if batch_size is None:
         return
-    if batch_size > buffer_size:
+    if normalize_advantage and minibatch_advantages and batch_size < buffer_size and buffer_size % batch_size == 1:
         raise ValueError(
-            f"`batch_size` must be at most `n_steps * n_envs` = {n_steps} * {n_envs} = {buffer_size}, got {batch_size}"
+            f"`batch_size={batch_size}` leaves a last minibatch of 1 sample from the n_steps * n_envs = {n_steps} * "
+            f"{n_envs} = {buffer_size} of a rollout: with `normalize_advantage=True` its advantage's std is NaN. "
+            "Choose a batch size that does not leave a remainder of 1."
         )
     if buffer_size % batch_size > 0:
         warnings.warn(
@@ -168,3 +175,11 @@ def check_common_on_policy_kwargs(
     check_bool("use_sde", use_sde)
     check_number("sde_sample_freq", sde_sample_freq, low=-1, integer=True)
     check_number("stats_window_size", stats_window_size, low=1, integer=True)
+
+
+def check_backend(backend: Any) -> None:
+    """
+    :param backend: ``"auto"`` (the accelerator where it can run, the reference path elsewhere), ``"reference"`` or
+        ``"accelerated"`` (an error where the accelerator cannot run)
+    """
+    check_choice("backend", backend, ("auto", "reference", "accelerated"))

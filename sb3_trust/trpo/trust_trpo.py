@@ -10,31 +10,18 @@ import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.buffers import RolloutBuffer
-from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.distributions import Distribution, kl_divergence
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorchObs, Schedule
 from stable_baselines3.common.utils import explained_variance
-from stable_baselines3.common.vec_env import VecEnv
 from torch.nn import functional as F
 
+from sb3_trust import accel
 from sb3_trust.common.base import TrustAlgorithmMixin
-from sb3_trust.common.fast_fisher import (
-    AnalyticActor,
-    AnalyticCritic,
-    analytic_actor,
-    analytic_critic,
-    analytic_fisher_vector_product_fn,
-)
-from sb3_trust.common.fast_policy import FastActorCritic, use_fused_adam
-from sb3_trust.common.fast_rollout import FlatRollout
-from sb3_trust.common.fused_policy import FusedActorCritic
 from sb3_trust.common.kl import exact_kl
-from sb3_trust.common.numpy_collect import collect_rollouts_lean, fused_policy
 from sb3_trust.common.reference import (
     REFERENCE_EXCLUDED_SAVE_PARAMS,
-    after_collection,
     after_update,
     check_reference_kwargs,
     current_reference_coef,
@@ -54,6 +41,7 @@ from sb3_trust.common.trust_region import (
 )
 from sb3_trust.common.validation import (
     check_action_space,
+    check_backend,
     check_choice,
     check_common_on_policy_kwargs,
     check_number,
@@ -136,19 +124,9 @@ class TrustTRPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
 
     ``target_kl`` is the **trust-region radius δ**, not an early-stopping threshold as in PPO.
 
-    **Speed.** For SB3's standard ``MlpPolicy`` (flat Box observations, Linear/Tanh/ReLU layers, Categorical or diagonal
-    Gaussian actions, no gSDE) and a plain ``RolloutBuffer``, the algorithm avoids SB3's distribution objects and
-    autograd (``sb3_trust.common.fast_policy``, ``fast_fisher``, ``fused_policy``, ``numpy_collect``); other policies
-    use SB3's generic methods (the reason is printed once at ``verbose >= 1``). In both conventions: collection through
-    ``FastActorCritic`` (same results and random draws as SB3), the critic's gradient in closed form (the value branch
-    only, bit-identical to autograd's), the rollout read once as tensors (same minibatch permutations). These keep
-    ``"contrib"`` mode bit-compatible with sb3-contrib. The default ``"paper"`` convention additionally uses, with
-    last-bit differences only (the random draws stay the same calls on the same RNGs): the surrogate gradient and the
-    Fisher-vector products in closed form (Jacobian-vector product, the action distribution's Fisher matrix,
-    vector-Jacobian product: the same matrix as double backpropagation), NumPy's ``tanh`` for the actor and critic
-    batches, actor and critic fused into one network for collection (evaluated with NumPy on the CPU, the buffer
-    written directly), and torch's fused Adam for the critic. Learning is statistically unchanged (CartPole-v1 and
-    Pendulum-v1, 100k steps, about 20 seeds each: same return distributions as with the generic methods).
+    **Computation.** The update is computed with SB3's policy API and autograd (the Fisher-vector products by double
+    backpropagation, as sb3-contrib), for every policy, space, dtype and device. Rollout collection runs on the
+    optional accelerator ``sb3_trust.accel`` where it can (see ``backend``).
 
     **Actor parameters** are found structurally at every update: the policy parameters (in ``policy.parameters()``
     order) on which the mean KL has a gradient (autograd graph), i.e. everything the action distribution depends on,
@@ -220,6 +198,9 @@ class TrustTRPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         surrogate that the trust-region step maximises; this uses the autograd actor step)
     :param reference_kl_target: target of the proportional β controller (Ziegler et al. 2019), or ``None``
     :param reference_kl_horizon: horizon (in samples) of that controller
+    :param backend: ``"auto"`` (default): the accelerator for the parts of this model it can run (collection), the
+        reference path for the rest; ``"reference"``: SB3's methods only; ``"accelerated"``: a ``ValueError`` where the
+        accelerator cannot run collection. Which path ran is in ``collect_backend`` and ``train_backend``.
     """
 
     _trust_family = "TrustTRPO"
@@ -266,6 +247,7 @@ class TrustTRPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         reference_kl_mode: str = "reward",
         reference_kl_target: float | None = None,
         reference_kl_horizon: int = 10_000,
+        backend: str = "auto",
     ):
         # Checked before anything is built, so that a wrong setting fails before the env is created
         check_common_on_policy_kwargs(
@@ -303,6 +285,7 @@ class TrustTRPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         check_number("sub_sampling_factor", sub_sampling_factor, low=1, integer=True)
         check_choice("kl_convention", kl_convention, KL_CONVENTIONS)
         check_choice("step_rule", step_rule, STEP_RULES)
+        check_backend(backend)
         if rollout_buffer_kwargs is not None and not isinstance(rollout_buffer_kwargs, dict):
             raise TypeError(f"`rollout_buffer_kwargs` must be a dict or None, got {rollout_buffer_kwargs!r}")
 
@@ -333,7 +316,7 @@ class TrustTRPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         # env is None when called from `load()`
         if self.env is not None:
             check_action_space(self.action_space, type(self).__name__)
-            check_rollout_sizes(n_steps, self.env.num_envs, batch_size, normalize_advantage)
+            check_rollout_sizes(n_steps, self.env.num_envs, batch_size, normalize_advantage, minibatch_advantages=False)
             actor_batch_size = math.ceil(n_steps * self.env.num_envs / sub_sampling_factor)
             if normalize_advantage and actor_batch_size < 2:
                 raise ValueError(
@@ -356,6 +339,7 @@ class TrustTRPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         self.kl_convention = kl_convention
         self.step_rule = step_rule
         self.on_non_finite = on_non_finite
+        self.backend = backend
         # Which algorithm family wrote a saved file (checked by load())
         self._trust_algorithm = self._trust_family
         # Training state: created here (not in `_setup_model`) so that `load()` restores it
@@ -381,88 +365,32 @@ class TrustTRPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
 
     def _setup_model(self) -> None:
         super()._setup_model()
-        if self.kl_convention == "paper":
-            # Fused Adam: the same rule, last-bit differences; contrib mode keeps SB3's Adam for bit-parity
-            use_fused_adam(self.policy.optimizer, self.policy_kwargs)
-        self._fast_policy: FastActorCritic | None = None
-        self._fast_policy_for: ActorCriticPolicy | None = None
-        self._analytic: tuple[AnalyticActor | None, AnalyticCritic] | None = None
-        self._analytic_for: ActorCriticPolicy | None = None
-        self._fused: FusedActorCritic | None = None
-        self._fused_for: ActorCriticPolicy | None = None
         setup_reference(self)
+        # Which path runs collection and training, and the accelerator's runners (never saved)
+        self.collect_backend = self.train_backend = "reference"
+        self.backend_reasons: dict[str, str | None] = {"train": "the accelerator trains TrustPPO only"}
+        self._runners: dict[str, tuple[Any, Any]] = {}
+        if self.backend == "accelerated":  # fail now rather than at the first rollout
+            self._accelerated("collect", accel.can_run, accel.collector)
 
     def _excluded_save_params(self) -> list[str]:
-        return [
-            *super()._excluded_save_params(),
-            "_fast_policy",
-            "_fast_policy_for",
-            "_analytic",
-            "_analytic_for",
-            "_fused",
-            "_fused_for",
-            *REFERENCE_EXCLUDED_SAVE_PARAMS,
-        ]
+        return [*super()._excluded_save_params(), "_runners", *REFERENCE_EXCLUDED_SAVE_PARAMS]
 
-    def collect_rollouts(
-        self, env: VecEnv, callback: BaseCallback, rollout_buffer: RolloutBuffer, n_rollout_steps: int
-    ) -> bool:
-        complete = self._collect_rollouts(env, callback, rollout_buffer, n_rollout_steps)
-        if complete:
-            after_collection(self)  # reward shaping toward the reference policy, if any
-        return complete
+    def _collector(self) -> Any:
+        """:return: the accelerator's collection for this model, or ``None`` for SB3's ``collect_rollouts``"""
+        return self._accelerated("collect", accel.can_run, accel.collector)
 
-    def _collect_rollouts(
-        self, env: VecEnv, callback: BaseCallback, rollout_buffer: RolloutBuffer, n_rollout_steps: int
-    ) -> bool:
-        fast = self._fast_path()
-        if fast is None:
-            return super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps)
-        # The same results and random draws as SB3's collect_rollouts, without distribution objects; in the paper
-        # convention, with the actor and critic fused into one network (last-bit differences), evaluated with NumPy
-        # for small CPU batches
-        fused = fused_policy(self, fast) if self.kl_convention == "paper" else None
-        return collect_rollouts_lean(self, fast, fused, env, callback, rollout_buffer, n_rollout_steps)
-
-    def _analytic_parts(self) -> tuple[AnalyticActor | None, AnalyticCritic] | None:
-        """
-        :return: the closed-form actor (``None`` in the ``"contrib"`` convention, or when some of the action
-            distribution's parameters are frozen) and critic of a policy on the lean path, or ``None`` off it
-        """
-        fast = self._fast_path()
-        if fast is None:
-            return None
-        if getattr(self, "_analytic_for", None) is not self.policy or self._analytic is None:
-            # Its parameters are the structural actor parameters, in ``policy.parameters()`` order, as on the generic path
-            # In the paper convention, numpy's tanh (last-bit differences); th.tanh in contrib mode, whose critic
-            # gradient is then bit-identical to autograd's
-            paper = self.kl_convention == "paper"
-            actor = analytic_actor(fast, numpy_tanh=True) if paper else None
-            self._analytic = (actor, analytic_critic(fast, numpy_tanh=paper))
-            self._analytic_for = self.policy
-        return self._analytic
-
-    def _analytic_actor(self) -> AnalyticActor | None:
-        parts = self._analytic_parts()
-        return None if parts is None else parts[0]
-
-    def _actor_batch(self, rollout: FlatRollout | None = None) -> _ActorBatch:
+    def _actor_batch(self) -> _ActorBatch:
         """
         The whole rollout as one batch (optionally sub-sampled), with normalised advantages.
-
-        :param rollout: the rollout as tensors (lean path), ``None`` to read the buffer with ``get``
         """
         # `get` shuffles even the full batch: drawing this permutation keeps the numpy RNG (critic minibatches) in step
-        # with sb3-contrib, and the sub-sample is a random one. `FlatRollout.minibatches` draws the same permutation.
-        rollout_data = next(rollout.minibatches(None) if rollout is not None else self.rollout_buffer.get(batch_size=None))
+        # with sb3-contrib, and the sub-sample is a random one
+        rollout_data = next(self.rollout_buffer.get(batch_size=None))
         observations = rollout_data.observations
         actions = rollout_data.actions
         old_log_prob = rollout_data.old_log_prob
         advantages = rollout_data.advantages
-        if rollout is not None:
-            # Contiguous, as `get` gives them: reductions and matrix products over strided views round differently
-            observations, actions = observations.contiguous(), actions.contiguous()  # type: ignore[union-attr]
-            old_log_prob, advantages = old_log_prob.contiguous(), advantages.contiguous()
         if self.sub_sampling_factor > 1:
             every = self.sub_sampling_factor
             if isinstance(observations, dict):
@@ -540,24 +468,6 @@ class TrustTRPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
 
         return _ActorProblem(actor_params, policy_objective, objective_grad, fisher_vector_product, evaluate, paper_kl)
 
-    def _analytic_actor_problem(self, analytic: AnalyticActor, batch: _ActorBatch) -> _ActorProblem:
-        """
-        The quantities of the actor step at θ_old in closed form (``sb3_trust.common.fast_fisher``): one forward pass
-        at θ_old, and the Fisher-vector products by a Jacobian-vector product, the action distribution's Fisher matrix
-        and a vector-Jacobian product, instead of double backpropagation. Used in the ``"paper"`` convention only:
-        the same quantities, with last-bit differences.
-
-        :param analytic: the closed-form actor of the policy
-        :param batch: the actor batch
-        :return: the problem
-        """
-        observations, actions, old_log_prob, advantages = batch
-        policy_objective, objective_grad = analytic.prepare(observations.float(), actions, old_log_prob, advantages)
-        fisher_vector_product = analytic_fisher_vector_product_fn(analytic, self.cg_damping)
-        return _ActorProblem(
-            analytic.parameters, policy_objective, objective_grad, fisher_vector_product, analytic.evaluate, None
-        )
-
     def _actor_step(self, batch: _ActorBatch) -> tuple[list[th.Tensor], _ActorStepStats]:
         """
         One natural-gradient step of the actor (line search or NPG), in place.
@@ -565,17 +475,8 @@ class TrustTRPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         :param batch: the actor batch
         :return: the actor parameters, and the step's statistics
         """
-        # The closed-form actor has no reference-KL term: with reference_kl_mode="loss", autograd is used
-        analytic = None if self._reference_loss_coef() is not None else self._analytic_actor()
-        try:
-            if analytic is not None:
-                problem = self._analytic_actor_problem(analytic, batch)
-            else:
-                problem = self._actor_problem(batch)
-            return problem.actor_params, self._solve_actor_step(problem)
-        finally:
-            if analytic is not None:
-                analytic.release()
+        problem = self._actor_problem(batch)
+        return problem.actor_params, self._solve_actor_step(problem)
 
     def _solve_actor_step(self, problem: _ActorProblem) -> _ActorStepStats:
         """
@@ -649,33 +550,12 @@ class TrustTRPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         :param actor_params: the parameters of the actor step
         :return: the minibatch losses, and the number of minibatches skipped because of a non-finite loss
         """
-        parts = self._analytic_parts()
-        if parts is not None:
-            value_losses, n_skipped = self._analytic_critic_step(parts[1])
-        else:
-            value_losses, n_skipped = self._generic_critic_step(actor_params)
+        value_losses, n_skipped = self._generic_critic_step(actor_params)
         if n_skipped > 0:
             warnings.warn(
                 f"{type(self).__name__}: non-finite value loss in {n_skipped} critic minibatch(es) at update "
                 f"{self._n_updates + 1}, skipped (see `train/critic_step_skipped`)"
             )
-        return value_losses, n_skipped
-
-    def _analytic_critic_step(self, critic: AnalyticCritic) -> tuple[list[float], int]:
-        """
-        The critic phase on the lean path: the value branch alone, its gradient in closed form (bit-identical to
-        autograd's with ``th.tanh``, as in contrib mode), the same minibatches (same permutation draws) as
-        ``RolloutBuffer.get``. The actor parameters get no gradient at all, so the shared optimizer leaves them alone.
-        """
-        rollout = FlatRollout(self.rollout_buffer, self.device)
-        observations, returns = rollout.observations.float(), rollout.returns
-        value_losses: list[float] = []
-        critic.begin()
-        for _ in range(self.n_critic_updates):
-            # As `FlatRollout.minibatches` (one permutation per epoch, same RNG use), gathering only what is used
-            permutation = th.as_tensor(np.random.permutation(rollout.n_samples), device=self.device)
-            value_losses += critic.epoch(observations, returns, permutation, self.batch_size)
-        n_skipped = sum(not math.isfinite(loss) for loss in value_losses)
         return value_losses, n_skipped
 
     def _generic_critic_step(self, actor_params: list[th.Tensor]) -> tuple[list[float], int]:
@@ -723,8 +603,7 @@ class TrustTRPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         # Update optimizer learning rate
         self._update_learning_rate(self.policy.optimizer)
 
-        rollout = FlatRollout(self.rollout_buffer, self.device) if self._fast_path() is not None else None
-        actor_params, actor_stats = self._actor_step(self._actor_batch(rollout))
+        actor_params, actor_stats = self._actor_step(self._actor_batch())
         value_losses, n_critic_skipped = self._critic_step(actor_params)
 
         self._n_updates += 1

@@ -59,7 +59,7 @@ except ImportError as e:  # pragma: no cover - depends on the install
     ) from e
 from stable_baselines3.common.base_class import BaseAlgorithm
 
-from sb3_trust.common.schedules import CosineSchedule, linear_schedule
+from sb3_trust import CosineSchedule, linear_schedule
 from sb3_trust.zoo import samplers
 
 __all__ = [
