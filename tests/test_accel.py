@@ -6,6 +6,8 @@ against SB3's ``collect_rollouts`` with the same seed; and ``can_run``'s reasons
 
 import copy
 import itertools
+import subprocess
+import sys
 import types
 
 import gymnasium as gym
@@ -689,6 +691,33 @@ def test_missing_dependency_reason(monkeypatch):
     monkeypatch.setattr("importlib.import_module", lambda name: no_numba(name))
     reason = accel.unavailable_reason()
     assert reason is not None and 'pip install "sb3-trust[fast]"' in reason and "numba" in reason
+
+
+def test_imports_without_numba():
+    """``import sb3_trust.accel`` works without Numba; the reason names the extra to install."""
+    code = (
+        "import sys; sys.modules['numba'] = None\n"
+        "import sb3_trust.accel as accel\n"
+        "reason = accel.unavailable_reason()\n"
+        "assert reason.startswith('numba is missing (pip install \"sb3-trust[fast]\")'), reason\n"
+        "print(reason)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+
+
+def test_tanh_accuracy():
+    """The kernels' tanh against the exact one: within 5 float32 ulp everywhere (torch's within 1), NaN kept."""
+    from sb3_trust.accel import kernels
+
+    x = np.concatenate([np.linspace(-12, 12, 200_001), np.geomspace(1e-12, 12, 20_001), [np.nan, np.inf, -np.inf, 0.0]])
+    x = x.astype(np.float32)
+    y = kernels.tanh(x)
+    exact = np.tanh(x.astype(np.float64))
+    finite = np.isfinite(x)
+    ulps = np.abs(y[finite] - exact[finite]) / np.spacing(np.abs(exact[finite]).astype(np.float32))
+    assert ulps.max() <= 5
+    assert np.isnan(y[-4]) and y[-3] == pytest.approx(1.0) and y[-2] == pytest.approx(-1.0) and y[-1] == 0.0
 
 
 def test_flatten_extractor_required():

@@ -15,8 +15,11 @@ Linear...]`` where ``n_pi`` and ``n_vf`` count the Linear layers of each branch 
 (Gaussian only), biases and ``log_std`` as ``(1, n)`` views; for a minibatch step, followed by the same number of
 ``exp_avg``, ``exp_avg_sq`` and ``step`` (``(1, 1)``) arrays of Adam's state.
 
-Element-wise arithmetic is float32 in the order torch's operations use, so results agree with the reference path to
-rounding; reductions (means, norms) accumulate in float64.
+Element-wise arithmetic is float32 in the order torch's operations use, and the gradients follow autograd's rules
+(``clamp`` passes the gradient at its bounds, ``min``/``max`` of equal terms split it), so results agree with the
+reference path to rounding. Reductions (means, norms, bias gradients) accumulate in float64; matrix products are
+SciPy's BLAS (``np.dot``); ``tanh`` is a vectorised rational approximation within a few float32 ulp (``_tanh_inplace``).
+All kernels use ``error_model="numpy"``: a division by zero gives inf/NaN, as in torch, instead of raising.
 """
 
 import math
@@ -237,7 +240,7 @@ def collect_forward(arrays, layout, obs, mode, noise, actions, values, log_probs
 def _head(out, arrays, log_std_index, categorical, actions):  # type: ignore[no-untyped-def]
     """
     :return: log-likelihood of the actions [n], entropy [n], and the distribution's parameters (normalised logits and
-        probabilities, or mean and std broadcast to [n, k])
+        probabilities [n, k], or the mean [n, k] and the state-independent std [1, k])
     """
     n, k = out.shape
     log_prob = np.empty(n, np.float32)
@@ -253,18 +256,16 @@ def _head(out, arrays, log_std_index, categorical, actions):  # type: ignore[no-
             entropy[i] = -total
         return log_prob, entropy, logits, probs
     log_std = arrays[log_std_index]
-    std = np.empty((n, k), np.float32)
-    for j in range(k):
-        std[0, j] = np.exp(log_std[0, j])
+    std = np.empty((1, k), np.float32)
     entropy_value = np.float32(0.0)
     for j in range(k):
+        std[0, j] = np.exp(log_std[0, j])
         entropy_value += _ENTROPY_CONST + np.log(std[0, j])
     for i in range(n):
         total = np.float32(0.0)
         for j in range(k):
-            std[i, j] = std[0, j]
             diff = actions[i, j] - out[i, j]
-            total += -(diff * diff) / (np.float32(2.0) * (std[i, j] * std[i, j])) - np.log(std[i, j]) - _LOG_SQRT_2PI
+            total += -(diff * diff) / (np.float32(2.0) * (std[0, j] * std[0, j])) - np.log(std[0, j]) - _LOG_SQRT_2PI
         log_prob[i] = total
         entropy[i] = entropy_value
     return log_prob, entropy, out, std
