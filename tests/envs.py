@@ -32,7 +32,8 @@ class SpaceEnv(gym.Env):
 
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)
-        self.observation_space.seed(seed)
+        if seed is not None:  # seed=None at later resets: keep the stream (reproducible runs)
+            self.observation_space.seed(seed)
         self._t = 0
         return self._obs(), {}
 

@@ -257,13 +257,26 @@ def test_default_entry_schedules_and_variant_defaults(tmp_path):
     assert TrustPPO.load(run_folder(tmp_path, "trust_ppo_kl", "CartPole-v1", 2) / "CartPole-v1.zip").policy_loss == "clip"
 
 
-def test_batch_size_larger_than_rollout_is_capped(tmp_path):
-    # trust_trpo.yml's CartPole-v1 has batch_size 512, here the rollout is 2 envs * 64 steps
-    with pytest.warns(UserWarning, match="using batch_size=128"):
-        run(f"train --algo trust_trpo --env CartPole-v1 -n 128 -f {tmp_path} {QUIET} --hyperparams n_steps:64")
+def test_batch_size_larger_than_rollout_trains_as_sb3(tmp_path):
+    # trust_trpo.yml's CartPole-v1 has batch_size 512, here the rollout is 2 envs * 64 steps: SB3's warning, kept as is
+    with pytest.warns(UserWarning, match="truncated mini-batch of size 128"):
+        run(f"train --algo trust_trpo --env CartPole-v1 -n 256 -f {tmp_path} {QUIET} --hyperparams n_steps:64")
     from sb3_trust.trpo import TrustTRPO
 
-    assert TrustTRPO.load(run_folder(tmp_path, "trust_trpo", "CartPole-v1") / "CartPole-v1.zip").batch_size == 128
+    assert TrustTRPO.load(run_folder(tmp_path, "trust_trpo", "CartPole-v1") / "CartPole-v1.zip").batch_size == 512
+
+
+def test_zoo_mountain_car_continuous_config_trains(tmp_path):
+    """rl-zoo3's own ppo.yml entry for MountainCarContinuous-v0 (n_steps 8, batch_size 256, n_envs 1, gSDE), as is."""
+    entry = zoo_yml("ppo")["MountainCarContinuous-v0"]
+    assert entry["n_steps"] == 8 and entry["batch_size"] == 256 and entry["n_envs"] == 1
+    conf = tmp_path / "zoo_ppo.yml"
+    conf.write_text(yaml.dump({"MountainCarContinuous-v0": {**entry, "n_timesteps": 64}}))
+    with pytest.warns(UserWarning, match="truncated mini-batch of size 8"):
+        run(f"train --algo trust_ppo --env MountainCarContinuous-v0 -f {tmp_path} --conf-file {conf} {QUIET}")
+    folder = run_folder(tmp_path, "trust_ppo", "MountainCarContinuous-v0")
+    model = TrustPPO.load(folder / "MountainCarContinuous-v0.zip")
+    assert model.batch_size == 256 and model.n_steps == 8 and model._n_updates == 8 * model.n_epochs
 
 
 def test_ctrl_c_saves_the_model(tmp_path):

@@ -25,9 +25,10 @@ What ``train`` adds to rl-zoo3's (through ``TrustExperimentManager``, for our ke
 - schedule strings (``parse_schedule``): ``lin_<v>`` also for ``ent_coef`` and ``kl_coef``, and ``cos_<v>``,
   ``lin_<start>_<end>``, ``cos_<start>_<end>`` for every schedule-capable key; ``lin_<v>`` becomes SB3's
   ``LinearSchedule``, which stays at its end value when the last rollout overshoots ``n_timesteps`` (rl-zoo3's own
-  goes below 0 there);
-- ``batch_size`` larger than the rollout ``n_steps * n_envs`` is reduced to it with a warning (what SB3 PPO does in
-  effect; our classes reject it).
+  goes below 0 there).
+
+A ``batch_size`` larger than the rollout ``n_steps * n_envs`` is passed on as rl-zoo3 does: the algorithms accept it as
+SB3 does (a warning, one minibatch of the whole rollout).
 """
 
 import contextlib
@@ -398,18 +399,7 @@ class TrustExperimentManager(ExperimentManager):
         sources = self.config + (" and --hyperparams" if self.custom_hyperparams else "")
         where = f" --env {self.env_name.gym_id} (from {sources})"
         check_hyperparams(self.algo, rl_zoo3.ALGOS[self.algo], processed, where=where)
-        self._cap_batch_size(processed)
         return processed, env_wrapper, callbacks, vec_env_wrapper
-
-    def _cap_batch_size(self, hyperparams: dict[str, Any]) -> None:
-        batch_size, n_steps = hyperparams.get("batch_size"), hyperparams.get("n_steps")
-        if isinstance(batch_size, int) and isinstance(n_steps, int) and batch_size > n_steps * self.n_envs:
-            warnings.warn(
-                f"batch_size={batch_size} is larger than the rollout n_steps * n_envs = {n_steps} * {self.n_envs}: "
-                f"using batch_size={n_steps * self.n_envs} (one minibatch per epoch, as SB3 PPO does in effect)",
-                UserWarning,
-            )
-            hyperparams["batch_size"] = n_steps * self.n_envs
 
 
 @contextlib.contextmanager
