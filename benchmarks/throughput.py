@@ -67,7 +67,7 @@ CONFIGS = {
 
 def _build(algo: str, config: Config, seed: int) -> Any:
     """
-    :param algo: ``ppo``/``trpo`` (references) or our key
+    :param algo: ``ppo``/``trpo`` (references) or our key, with ``@reference`` for our reference path only
     :param config: the config
     :param seed: seed
     :return: the model (same hyperparameters for ours and the reference)
@@ -86,6 +86,9 @@ def _build(algo: str, config: Config, seed: int) -> Any:
     env = make_vec_env(config.env_id, n_envs=n_envs, seed=seed)
     if normalize is not None:
         env = VecNormalize(env, **normalize)
+    algo, _, backend = algo.partition("@")
+    if backend:
+        kwargs = {**kwargs, "backend": backend}
     return algorithm_class(algo)(policy, env, seed=seed, device="cpu", **kwargs)
 
 
@@ -119,8 +122,31 @@ def _measure(algo: str, config_name: str, seed: int, queue: "mp.Queue[dict[str, 
             train_s=timers["train"],
             wall_s=wall,
             peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            backends=f"{getattr(model, 'collect_backend', '-')}/{getattr(model, 'train_backend', '-')}",
         )
     )
+
+
+def _first_use(cache_dir: str, queue: "mp.Queue[dict[str, float]]") -> None:
+    """
+    The accelerator's first-use cost in a fresh process: one rollout and one update of TrustPPO (HalfCheetah-v4,
+    defaults) on the accelerator, minus the same for a second identical model in the same process. With an empty
+    ``cache_dir`` this is Numba's compile; with a filled one, loading the compiled kernels from the cache.
+    """
+    os.environ["NUMBA_CACHE_DIR"] = cache_dir
+    import torch as th
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from sb3_trust import TrustPPO
+
+    th.set_num_threads(1)
+    times = []
+    for _ in range(2):
+        model = TrustPPO("MlpPolicy", make_vec_env("HalfCheetah-v4", n_envs=1, seed=0), seed=0, backend="accelerated")
+        start = time.perf_counter()
+        model.learn(2048)
+        times.append(time.perf_counter() - start)
+    queue.put(dict(first_use_s=times[0] - times[1]))
 
 
 def _env_only(config_name: str, seed: int, queue: "mp.Queue[dict[str, float]]") -> None:
@@ -299,23 +325,28 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.update(THREAD_ENV)
 
     lines = [
-        "| config | reference steps/s | ours steps/s | **median ratio** | ref collect / train (s) | ours collect / train (s) "
+        "| config | reference steps/s | ours steps/s | **median ratio** | ours (reference path) ratio "
+        "| ours: collect/train path | ref collect / train (s) | ours collect / train (s) "
         "| env-only steps/s | ours vs env-only time | arithmetic floor (s) | best possible ratio | ours vs floor time "
-        "| ref / ours peak RSS (MB) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| ref / ours / ours-reference-path peak RSS (MB) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     print(lines[0], flush=True)
     for name in args.configs:
         config = CONFIGS[name]
-        runs: dict[str, list[dict[str, float]]] = {config.reference: [], config.ours: []}
+        reference_path = f"{config.ours}@reference"
+        runs: dict[str, list[dict[str, Any]]] = {config.reference: [], config.ours: [], reference_path: []}
         env_only_runs = []
         for repeat in range(args.repeats):
-            for algo in (config.reference, config.ours):  # interleaved: A B A B ...
+            for algo in runs:  # interleaved: A B C A B C ...
                 runs[algo].append(in_subprocess(_measure, algo, name, repeat))
             # the floor measured in every repeat too, so that it sees the same moments of the machine (median)
             env_only_runs.append(in_subprocess(_env_only, name, repeat)["steps_per_s"])
         env_only = statistics.median(env_only_runs)
         ratios = [o["steps_per_s"] / r["steps_per_s"] for r, o in zip(runs[config.reference], runs[config.ours], strict=True)]
+        reference_path_ratios = [
+            o["steps_per_s"] / r["steps_per_s"] for r, o in zip(runs[config.reference], runs[reference_path], strict=True)
+        ]
 
         def median(algo: str, key: str) -> float:
             return statistics.median(run[key] for run in runs[algo])  # noqa: B023
@@ -332,13 +363,28 @@ def main(argv: list[str] | None = None) -> None:
             )
         line = (
             f"| {name} | {median(config.reference, 'steps_per_s'):.0f} | {ours_fps:.0f} | **{ratio:.2f}x** "
+            f"| {statistics.median(reference_path_ratios):.2f}x | {runs[config.ours][0]['backends']} "
             f"| {median(config.reference, 'collect_s'):.2f} / {median(config.reference, 'train_s'):.2f} "
             f"| {median(config.ours, 'collect_s'):.2f} / {median(config.ours, 'train_s'):.2f} "
             f"| {env_only:.0f} | {env_only / ours_fps:.1f}x | {floor} "
-            f"| {median(config.reference, 'peak_rss_mb'):.0f} / {median(config.ours, 'peak_rss_mb'):.0f} |"
+            f"| {median(config.reference, 'peak_rss_mb'):.0f} / {median(config.ours, 'peak_rss_mb'):.0f} "
+            f"/ {median(reference_path, 'peak_rss_mb'):.0f} |"
         )
         lines.append(line)
         print(line, flush=True)
+
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as cache_dir:
+        cold = in_subprocess(_first_use, cache_dir)["first_use_s"]
+        warm = in_subprocess(_first_use, cache_dir)["first_use_s"]
+    first_use = (
+        f"First use of the accelerator (one rollout and one update of TrustPPO on HalfCheetah-v4, minus the same for a "
+        f"second model in the process): {cold:.1f} s with an empty Numba cache (compilation, once per machine and "
+        f"version), {warm:.2f} s with the cache filled (loading the kernels, once per process)."
+    )
+    print(first_use, flush=True)
+    lines += ["", first_use]
 
     if args.out:
         import torch
@@ -352,7 +398,9 @@ def main(argv: list[str] | None = None) -> None:
             "env-only measurement; medians.",
             f"Machine: {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
             f"torch {torch.__version__}.",
-            "Ratio = our steps/s / the reference's steps/s in the same repeat (median over repeats).",
+            "Ratio = our steps/s / the reference's steps/s in the same repeat (median over repeats); 'ours' is the "
+            "default `backend='auto'` (the accelerator where it can run), 'ours (reference path)' is `backend='reference'` "
+            "(SB3's policy API and autograd only).",
             "'ours vs env-only time' = how many times longer our training takes than stepping the env alone.",
             "'arithmetic floor' (PPO configs) = env-only time + the time of the matrix products that the same update "
             "computes (actor and critic forward per collection step; forward, weight- and input-gradient products per "

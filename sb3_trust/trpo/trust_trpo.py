@@ -92,60 +92,28 @@ class TrustTRPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
     Reference implementation: sb3-contrib's ``TRPO`` 2.9, whose keywords this class accepts with the same meaning and
     defaults; with ``kl_convention="contrib"`` it reproduces contrib's updates (same RNG use, same operations).
 
-    One update (``train()``) is:
+    One update (``train()``; the README's "TrustTRPO and TrustNPG" section has the details and the logged keys):
 
-    1. **Actor step** on the whole rollout (every ``sub_sampling_factor``-th sample of it, in the buffer's shuffled
-       order). Advantages are normalised over that batch (mean 0, std 1) *before* the step, as in contrib.
-       With ``g`` the gradient of the surrogate ``mean(A · π(a|s) / π_old(a|s))``, CG solves ``(F + cg_damping I) s = g``
-       (``cg_max_steps`` iterations), where ``F`` is the Hessian of the mean KL at θ_old (the Fisher matrix), applied by
-       double backpropagation. The maximal step is ``β = sqrt(2 δ / sᵀ F s)`` with δ = ``target_kl``.
+    1. **Actor step** on the whole rollout (every ``sub_sampling_factor``-th sample), advantages normalised over it.
+       CG solves ``(F + cg_damping I) s = g`` for the surrogate's gradient ``g``, ``F`` being the Hessian of the mean KL
+       at θ_old, applied by double backpropagation; the maximal step is ``β = sqrt(2 δ / sᵀ F s)`` with δ =
+       ``target_kl`` (the trust-region radius, not PPO's early stop). ``step_rule="line_search"`` (TRPO) tries
+       ``θ_old + α β s`` for ``α = 1, c, c², …`` and keeps the first step within δ that improves the surrogate (none:
+       the actor is restored exactly); ``step_rule="npg"`` takes ``θ_old + β s``.
+    2. **Critic step**: ``n_critic_updates`` epochs of minibatch MSE regression of ``V(s)`` on the returns with the
+       policy's optimizer, the actor parameters frozen meanwhile.
 
-       - ``step_rule="line_search"`` (TRPO): try ``θ_old + α β s`` for ``α = 1, c, c², …`` (``c`` =
-         ``line_search_shrinking_factor``, ``line_search_max_iter`` tries) and keep the first step whose mean KL is
-         within δ **and** that improves the surrogate. If none is accepted, the actor parameters are restored exactly.
-       - ``step_rule="npg"`` (NPG): take the step ``θ_old + β s`` with no line search (the KL is ≈ δ only to second
-         order, and the surrogate may decrease).
+    **KL convention**: ``"paper"`` (default), KL(π_old ‖ π_new) summed over action dimensions, ``kl <= δ``, CG from
+    zero; ``"contrib"``, sb3-contrib's KL(π_new ‖ π_old) averaged over states and Gaussian/Bernoulli dimensions,
+    ``kl < δ``, CG from ``1e-4 * randn``: with it, the reference path reproduces sb3-contrib's updates.
 
-    2. **Critic step**: ``n_critic_updates`` epochs of minibatch (``batch_size``) MSE regression of ``V(s)`` on the
-       returns, with the policy's optimizer (Adam, learning rate ``learning_rate``). The actor parameters (below) are
-       frozen during this step (no gradient is even computed for them), so the critic never moves the actor.
+    **Actor parameters** are found structurally: the trainable parameters the mean KL has a gradient for, whatever their
+    names (a shared features extractor belongs to the actor). A non-finite surrogate, gradient, CG solution or
+    ``sᵀ F s <= 0`` skips the actor step with a warning (``train/actor_step_skipped``); a critic minibatch with a
+    non-finite loss is skipped (``train/critic_step_skipped``).
 
-    **KL convention** (``kl_convention``), used by the trust region, the Fisher matrix and the line search:
-
-    - ``"paper"`` (default): KL(π_old ‖ π_new) **summed** over action dimensions, averaged over states. The line search
-      accepts ``kl <= target_kl`` and CG starts from zero.
-    - ``"contrib"``: sb3-contrib's ``kl_divergence(π_new, π_old).mean()``, i.e. KL(π_new ‖ π_old) **averaged** over
-      states *and* action dimensions for Gaussian (and Bernoulli) actions, so δ is a per-dimension radius there
-      (Categorical and MultiDiscrete KLs are summed over dimensions in both conventions). The line search accepts
-      ``kl < target_kl`` and CG starts at ``1e-4 * randn`` (consuming the torch RNG) as contrib does.
-
-    Both KL directions have the same Hessian at θ_old, so they differ only in the line-search test and, for
-    Gaussians, by the factor ``1 / action_dim``.
-
-    ``target_kl`` is the **trust-region radius δ**, not an early-stopping threshold as in PPO.
-
-    **Computation.** The update is computed with SB3's policy API and autograd (the Fisher-vector products by double
-    backpropagation, as sb3-contrib), for every policy, space, dtype and device. Rollout collection runs on the
-    optional accelerator ``sb3_trust.accel`` where it can (see ``backend``).
-
-    **Actor parameters** are found structurally at every update: the policy parameters (in ``policy.parameters()``
-    order) on which the mean KL has a gradient (autograd graph), i.e. everything the action distribution depends on,
-    whatever the parameters are called (contrib additionally drops any parameter whose name contains ``"value"``).
-    With a *shared* features extractor (``share_features_extractor=True``, the default) the extractor's parameters
-    (none for ``MlpPolicy``'s ``Flatten``, the CNN for ``CnnPolicy``) are actor parameters: they move with the
-    trust-region step and are frozen during the critic step, which is what contrib effectively does. With
-    ``share_features_extractor=False`` the critic trains its own extractor.
-
-    **Non-finite values**: if the surrogate, its gradient, the CG solution or ``sᵀ F s`` is not finite (or
-    ``sᵀ F s <= 0``), the actor step is skipped, a warning is emitted and the counter ``train/actor_step_skipped`` is
-    increased; a critic minibatch with a non-finite loss is skipped the same way (``train/critic_step_skipped``).
-
-    Logged diagnostics (``train/…``): ``policy_objective`` (surrogate after the step), ``kl`` (mean
-    KL(π_old ‖ π_new) summed over action dims of the step applied, 0 if none), ``kl_divergence_loss`` (contrib's key:
-    the same for the configured convention), ``surrogate_improvement``, ``expected_improvement`` (``gᵀ Δθ``),
-    ``is_line_search_success``, ``line_search_backtracks``, ``step_size`` (``α β``, 0 if no step), ``cg_residual``
-    (``‖g - (F + λI) s‖``), ``value_loss``, ``explained_variance``, ``std`` (with a ``log_std``), ``n_updates``,
-    ``actor_step_skipped`` (total since the model was created) and ``critic_step_skipped`` (this update).
+    **Computation**: SB3's policy API and autograd, for every policy, space, dtype and device; rollout collection on the
+    optional accelerator ``sb3_trust.accel`` where it can run (see ``backend``).
 
     :param policy: The policy model to use (MlpPolicy, CnnPolicy, ...)
     :param env: The environment to learn from (if registered in Gym, can be str)
@@ -550,15 +518,6 @@ class TrustTRPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         :param actor_params: the parameters of the actor step
         :return: the minibatch losses, and the number of minibatches skipped because of a non-finite loss
         """
-        value_losses, n_skipped = self._generic_critic_step(actor_params)
-        if n_skipped > 0:
-            warnings.warn(
-                f"{type(self).__name__}: non-finite value loss in {n_skipped} critic minibatch(es) at update "
-                f"{self._n_updates + 1}, skipped (see `train/critic_step_skipped`)"
-            )
-        return value_losses, n_skipped
-
-    def _generic_critic_step(self, actor_params: list[th.Tensor]) -> tuple[list[float], int]:
         value_losses: list[float] = []
         n_skipped = 0
         requires_grad = [param.requires_grad for param in actor_params]
@@ -581,6 +540,11 @@ class TrustTRPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         finally:
             for param, flag in zip(actor_params, requires_grad, strict=True):
                 param.requires_grad_(flag)
+        if n_skipped > 0:
+            warnings.warn(
+                f"{type(self).__name__}: non-finite value loss in {n_skipped} critic minibatch(es) at update "
+                f"{self._n_updates + 1}, skipped (see `train/critic_step_skipped`)"
+            )
         return value_losses, n_skipped
 
     def _reference_loss_coef(self) -> float | None:
