@@ -15,6 +15,7 @@ Conventions used throughout ``sb3_trust`` (see the README, "Semantics"):
 from dataclasses import dataclass
 
 import torch as th
+from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.distributions import (
     BernoulliDistribution,
     CategoricalDistribution,
@@ -23,7 +24,10 @@ from stable_baselines3.common.distributions import (
     MultiCategoricalDistribution,
     StateDependentNoiseDistribution,
 )
+from stable_baselines3.common.policies import ActorCriticPolicy
 from torch.distributions import kl_divergence as th_kl_divergence
+
+from sb3_trust.common.rollout import iterate_rollout_in_order
 
 _SUMMED_OVER_DIMS = (DiagGaussianDistribution, StateDependentNoiseDistribution, BernoulliDistribution)
 
@@ -49,6 +53,23 @@ def exact_kl(p: Distribution, q: Distribution) -> th.Tensor:
         kl = th_kl_divergence(p.distribution, q.distribution)  # type: ignore[arg-type]
         return kl.sum(dim=-1) if kl.dim() > 1 else kl
     raise TypeError(f"No closed-form KL for distribution {type(p).__name__}")
+
+
+def rollout_kl(p: ActorCriticPolicy, q: ActorCriticPolicy, rollout_buffer: RolloutBuffer) -> float:
+    """
+    :param p: first policy (π_old for KL(π_old ‖ π_new))
+    :param q: second policy
+    :param rollout_buffer: a full rollout buffer that ``get()`` has flattened
+    :return: the mean over the rollout's states of ``exact_kl(p, q)`` (no random numbers consumed)
+    """
+    total, count = 0.0, 0
+    with th.no_grad():
+        for samples in iterate_rollout_in_order(rollout_buffer):
+            # SB3 reuses one distribution object per policy: p's is read before q's forward pass (p is not q)
+            kl = exact_kl(p.get_distribution(samples.observations), q.get_distribution(samples.observations))
+            total += kl.sum().item()
+            count += len(kl)
+    return total / max(count, 1)
 
 
 def approx_kl_k3(log_ratio: th.Tensor) -> th.Tensor:

@@ -29,8 +29,8 @@ from stable_baselines3.common.distributions import Distribution
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.save_util import load_from_zip_file
 
+from sb3_trust.common.kl import rollout_kl
 from sb3_trust.common.policy_utils import frozen_copy
-from sb3_trust.common.rollout import iterate_rollout_in_order
 
 REFERENCE_KL_MODES = ("reward", "loss")
 
@@ -179,16 +179,7 @@ class ReferencePolicy:
         :param rollout_buffer: a full, flattened rollout buffer
         :return: mean exact KL(π ‖ π_ref) over the states of the rollout
         """
-        from sb3_trust.common.kl import exact_kl
-
-        total, count = 0.0, 0
-        with th.no_grad():
-            for samples in iterate_rollout_in_order(rollout_buffer):
-                current = policy.get_distribution(samples.observations)
-                kl = exact_kl(current, self.distribution(samples.observations))
-                total += kl.sum().item()
-                count += len(kl)
-        return total / max(count, 1)
+        return rollout_kl(policy, self.policy, rollout_buffer)
 
 
 def shape_rollout_rewards(

@@ -13,7 +13,7 @@ from stable_baselines3.common.utils import FloatSchedule, explained_variance
 
 from sb3_trust import accel
 from sb3_trust.common.base import TrustAlgorithmMixin
-from sb3_trust.common.kl import AdaptiveKLController, exact_kl
+from sb3_trust.common.kl import AdaptiveKLController, exact_kl, rollout_kl
 from sb3_trust.common.losses import VF_CLIP_MODES, normalize_advantages, value_loss
 from sb3_trust.common.policy_utils import evaluate_actions_with_distribution, frozen_copy
 from sb3_trust.common.reference import (
@@ -25,7 +25,6 @@ from sb3_trust.common.reference import (
     reference_active,
     setup_reference,
 )
-from sb3_trust.common.rollout import iterate_rollout_in_order
 from sb3_trust.common.safety import NON_FINITE_ACTIONS, NonFiniteError, all_finite, guarded_update
 from sb3_trust.common.update import LossSettings, MinibatchStats
 from sb3_trust.common.validation import (
@@ -345,14 +344,13 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         else:
             step = self._reference_step
 
-        entropy_losses, pg_losses, value_losses, clip_fractions, value_clip_fractions = [], [], [], [], []
-        ratio_max, ratio_sum, n_minibatches, loss = 0.0, 0.0, 0, 0.0
-        approx_kl_divs: list[float] = []
+        minibatches: list[MinibatchStats] = []  # what every minibatch of this update measured, for the logs
+        last_epoch: list[MinibatchStats] = []
         continue_training = True
         epochs_completed = 0
         # train for n_epochs epochs
         for epoch in range(self.n_epochs):
-            approx_kl_divs = []
+            last_epoch = []
             # Do a complete pass on the rollout buffer
             for rollout_data in self.rollout_buffer.get(self.batch_size):
                 try:
@@ -360,18 +358,8 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
                 except NonFiniteError as error:
                     where = f"update {self._n_updates}, epoch {epoch} (timestep {self.num_timesteps})"
                     raise NonFiniteError(f"{error} in {where}") from error
-                pg_losses.append(stats.policy_loss)
-                value_losses.append(stats.value_loss)
-                entropy_losses.append(stats.entropy_loss)
-                clip_fractions.append(stats.clip_fraction)
-                value_clip_fractions.append(stats.value_clip_fraction)
-                approx_kl_divs.append(stats.approx_kl)
-                ratio_max, ratio_sum, n_minibatches = (
-                    max(ratio_max, stats.ratio_max),
-                    ratio_sum + stats.ratio_mean,
-                    n_minibatches + 1,
-                )
-                loss = stats.loss
+                minibatches.append(stats)
+                last_epoch.append(stats)
                 if not stats.applied:  # target_kl: the k3 estimate exceeded 1.5 * target_kl, this step was not applied
                     continue_training = False
                     if self.verbose >= 1:
@@ -386,19 +374,22 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
             raise NonFiniteError(f"non-finite parameters after update {self._n_updates} (timestep {self.num_timesteps})")
         explained_var = explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten())
         # Exact KL(π_old ‖ π_new) over the rollout after the whole update: logged, and drives the adaptive β
-        rollout_kl = self._rollout_kl(old_policy)
+        kl = rollout_kl(old_policy, self.policy, self.rollout_buffer)  # type: ignore[arg-type]
         if self.adaptive_kl_target is not None:
-            self._kl_coef = AdaptiveKLController(self.adaptive_kl_target).update(self._kl_coef, rollout_kl)
+            self._kl_coef = AdaptiveKLController(self.adaptive_kl_target).update(self._kl_coef, kl)
         # KL(π ‖ π_ref) after the update: logged, and drives the reference β controller if any
         after_update(self)
 
+        def mean(name: str, of: list[MinibatchStats] = minibatches) -> float:
+            return float(np.mean([getattr(stats, name) for stats in of]))
+
         # Logs: SB3's keys with SB3's meanings (approx_kl: mean over the last epoch; loss: last minibatch)
-        self.logger.record("train/entropy_loss", np.mean(entropy_losses))
-        self.logger.record("train/policy_gradient_loss", np.mean(pg_losses))
-        self.logger.record("train/value_loss", np.mean(value_losses))
-        self.logger.record("train/approx_kl", np.mean(approx_kl_divs))
-        self.logger.record("train/clip_fraction", np.mean(clip_fractions))
-        self.logger.record("train/loss", loss)
+        self.logger.record("train/entropy_loss", mean("entropy_loss"))
+        self.logger.record("train/policy_gradient_loss", mean("policy_loss"))
+        self.logger.record("train/value_loss", mean("value_loss"))
+        self.logger.record("train/approx_kl", mean("approx_kl", last_epoch))
+        self.logger.record("train/clip_fraction", mean("clip_fraction"))
+        self.logger.record("train/loss", minibatches[-1].loss)
         self.logger.record("train/explained_variance", explained_var)
         if hasattr(self.policy, "log_std"):
             self.logger.record("train/std", th.exp(self.policy.log_std).mean().item())
@@ -406,14 +397,14 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         self.logger.record("train/clip_range", settings.clip_range)
         if settings.clip_range_vf is not None:
             self.logger.record("train/clip_range_vf", settings.clip_range_vf)
-            self.logger.record("train/value_clip_fraction", np.mean(value_clip_fractions))
+            self.logger.record("train/value_clip_fraction", mean("value_clip_fraction"))
         # sb3_trust's diagnostics
-        self.logger.record("train/kl", rollout_kl)
+        self.logger.record("train/kl", kl)
         if POLICY_LOSSES[self.policy_loss].needs_kl:
             self.logger.record("train/kl_coef", self._kl_coef)
         self.logger.record("train/early_stop_fraction", epochs_completed / self.n_epochs)
-        self.logger.record("train/ratio_max", ratio_max)
-        self.logger.record("train/ratio_mean", ratio_sum / max(n_minibatches, 1))
+        self.logger.record("train/ratio_max", max(stats.ratio_max for stats in minibatches))
+        self.logger.record("train/ratio_mean", mean("ratio_mean"))
         self.logger.record("train/ent_coef", settings.ent_coef)
 
     def _reference_step(self, rollout_data: RolloutBufferSamples, settings: LossSettings) -> MinibatchStats:
@@ -553,20 +544,6 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         else:
             self._old_policy.load_state_dict(self.policy.state_dict())
         return self._old_policy
-
-    def _rollout_kl(self, old_policy: ActorCriticPolicy) -> float:
-        """
-        :param old_policy: π_old
-        :return: mean exact KL(π_old ‖ π_new) over the whole rollout buffer (no randomness consumed)
-        """
-        total, count = 0.0, 0
-        with th.no_grad():
-            for rollout_data in iterate_rollout_in_order(self.rollout_buffer):
-                old_distribution = old_policy.get_distribution(rollout_data.observations)
-                kl = exact_kl(old_distribution, self.policy.get_distribution(rollout_data.observations))
-                total += kl.sum().item()
-                count += len(kl)
-        return total / max(count, 1)
 
     def learn(
         self: SelfTrustPPO,
