@@ -3,8 +3,6 @@ TrustPPO and TrustTRPO with ``backend="accelerated"`` against ``backend="referen
 parameters after ``learn`` (within 1e-5 relative), and the attributes say which path ran.
 """
 
-import inspect
-
 import numpy as np
 import pytest
 import torch as th
@@ -12,11 +10,9 @@ from stable_baselines3.common.env_util import make_vec_env
 
 import sb3_trust.accel as accel
 from sb3_trust import TrustPPO, TrustTRPO
+from sb3_trust.ppo.losses import POLICY_LOSSES
 
-pytestmark = [
-    pytest.mark.skipif(accel.unavailable_reason() is not None, reason=str(accel.unavailable_reason())),
-    pytest.mark.skipif("backend" not in inspect.signature(TrustPPO.__init__).parameters, reason="no backend keyword"),
-]
+pytestmark = pytest.mark.skipif(accel.unavailable_reason() is not None, reason=str(accel.unavailable_reason()))
 
 
 @pytest.fixture(autouse=True)
@@ -59,6 +55,21 @@ def test_trust_ppo_same_parameters(env_id, settings):
     assert (expected.collect_backend, expected.train_backend) == ("reference", "reference")
     assert model.num_timesteps == expected.num_timesteps
     assert_same_parameters(model, expected)
+
+
+@pytest.mark.parametrize("loss", sorted(POLICY_LOSSES))
+def test_every_registered_loss_on_every_backend_that_claims_it(loss):
+    """The registry as it is: a loss the accelerator claims gives the reference path's parameters; any other is trained
+    by the reference path, with the loss named in the reason."""
+    settings = dict(policy_loss=loss, batch_size=32, n_epochs=3, ent_coef=0.01)
+    expected = learn(TrustPPO, "Pendulum-v1", "reference", **settings)
+    if loss in accel.ACCELERATED_LOSSES:
+        model = learn(TrustPPO, "Pendulum-v1", "accelerated", **settings)
+        assert model.train_backend == "accelerated"
+        assert_same_parameters(model, expected)
+    else:
+        model = learn(TrustPPO, "Pendulum-v1", "auto", **settings)
+        assert model.train_backend == "reference" and loss in model.backend_reasons["train"]
 
 
 def test_trust_ppo_two_updates():
