@@ -92,7 +92,11 @@ def run_one(zoo_key: str, env_id: str, seed: int, timesteps: int | None, n_eval_
         eval_env = VecNormalize(eval_env, training=False, norm_reward=False, **eval_kwargs)
         eval_env.obs_rms = env.obs_rms
     mean_return, std_return = evaluate_policy(model, eval_env, n_eval_episodes=n_eval_episodes, deterministic=True)
-    return dict(mean=float(mean_return), std=float(std_return), fps=model.num_timesteps / wall, wall=wall, steps=budget)
+    # Which path ran (sb3_trust's models: "accelerated" or "reference" for collection / training)
+    path = f"{getattr(model, 'collect_backend', '-')}/{getattr(model, 'train_backend', '-')}"
+    return dict(
+        mean=float(mean_return), std=float(std_return), fps=model.num_timesteps / wall, wall=wall, steps=budget, path=path
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -106,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
 
     results: dict[str, dict[str, Any]] = {}
     print(f"{args.env}, seed {args.seed}, rl-zoo3 configs, torch threads: 1")
-    header = f"{'algorithm':<22} {'steps':>8} {'return':>16} {'steps/s':>9} {'speed vs ref':>13}"
+    header = f"{'algorithm':<22} {'steps':>8} {'return':>16} {'steps/s':>9} {'speed vs ref':>13}  collect/train path"
     print(header)
     print("-" * len(header))
     for entry in ENTRIES:
@@ -122,4 +126,5 @@ def main(argv: list[str] | None = None) -> None:
         if entry.reference in results:
             ratio = f"{result['fps'] / results[entry.reference]['fps']:.2f}x"
         score = f"{result['mean']:.1f} ± {result['std']:.1f}"
-        print(f"{entry.name:<22} {result['steps']:>8} {score:>16} {result['fps']:>9.0f} {ratio:>13}", flush=True)
+        line = f"{entry.name:<22} {result['steps']:>8} {score:>16} {result['fps']:>9.0f} {ratio:>13}  {result['path']}"
+        print(line, flush=True)
