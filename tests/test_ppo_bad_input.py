@@ -47,6 +47,8 @@ BAD = [
     (dict(normalize_advantage="yes"), TypeError, ["normalize_advantage", "yes"]),
     (dict(sde_sample_freq=-2), ValueError, ["sde_sample_freq", "-2"]),
     (dict(stats_window_size=0), ValueError, ["stats_window_size", "0"]),
+    (dict(backend="gpu"), ValueError, ["backend", "gpu", "auto", "reference", "accelerated"]),
+    (dict(backend=None), TypeError, ["backend", "None"]),
 ]
 
 

@@ -15,6 +15,7 @@ SMALL = dict(n_steps=64, batch_size=32, n_epochs=2, policy_kwargs=dict(net_arch=
         ("CartPole-v1", dict(policy_loss="clip", clip_range_vf=0.3, vf_clip_mode="max")),
         ("Pendulum-v1", dict(policy_loss="kl_penalty", adaptive_kl_target=1e-9, kl_coef=0.5)),
         ("Pendulum-v1", dict(policy_loss="kl_penalty", kl_coef=CosineSchedule(2.0, 0.5), ent_coef=CosineSchedule(0.01))),
+        ("CartPole-v1", dict(policy_loss="unclipped", backend="reference")),
     ],
 )
 def test_save_load_round_trip(tmp_path, env_id, variant):
@@ -28,7 +29,8 @@ def test_save_load_round_trip(tmp_path, env_id, variant):
     loaded = TrustPPO.load(path, env=model.get_env(), device="cpu")
     loaded_actions, _ = loaded.predict(obs, deterministic=True)
     np.testing.assert_array_equal(actions, loaded_actions)
-    for name in ("policy_loss", "adaptive_kl_target", "vf_clip_mode", "_kl_coef", "num_timesteps", "_n_updates", "n_epochs"):
+    names = ("policy_loss", "adaptive_kl_target", "vf_clip_mode", "_kl_coef", "num_timesteps", "_n_updates", "n_epochs")
+    for name in (*names, "backend"):
         assert getattr(loaded, name) == getattr(model, name), name
     if variant.get("adaptive_kl_target"):
         # β moved away from its initial value (3 updates, each doubling it) and came back intact
@@ -45,3 +47,5 @@ def test_save_load_round_trip(tmp_path, env_id, variant):
     loaded.learn(64, reset_num_timesteps=False)
     assert loaded.num_timesteps == model.num_timesteps + 64
     assert loaded._n_updates > model._n_updates
+    # the path is chosen again for the loaded model, from its restored `backend`
+    assert loaded.train_backend == model.train_backend
