@@ -34,14 +34,6 @@ ACROBOT = (spaces.Box(-np.inf, np.inf, (6,), np.float32), spaces.Discrete(3))
 LOSS_KWARGS = {"clip": {"clip_range": 0.2}, "unclipped": {}, "kl_penalty": {"kl_coef": 0.7}}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = th.get_num_threads()
-    th.set_num_threads(1)
-    yield
-    th.set_num_threads(threads)
-
-
 def make_policy(spaces_: tuple, seed: int = 0, optimizer_kwargs: dict | None = None, **kwargs) -> ActorCriticPolicy:
     th.manual_seed(seed)
     optimizer_kwargs = {"eps": 1e-5, **(optimizer_kwargs or {})}

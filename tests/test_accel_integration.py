@@ -15,14 +15,6 @@ from sb3_trust.ppo.losses import POLICY_LOSSES
 pytestmark = pytest.mark.skipif(accel.unavailable_reason() is not None, reason=str(accel.unavailable_reason()))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = th.get_num_threads()
-    th.set_num_threads(1)
-    yield
-    th.set_num_threads(threads)
-
-
 def learn(algorithm, env_id: str, backend: str, n_updates: int = 1, **kwargs):
     n_envs, n_steps = 2, 64
     env = make_vec_env(env_id, n_envs=n_envs, seed=0)
