@@ -26,6 +26,7 @@ import math
 
 import numpy as np
 from numba import njit
+from numba.typed import List
 
 NONE, TANH, RELU = 0, 1, 2
 L_N_PI, L_N_VF, L_CATEGORICAL, L_N_OUT, L_ACTIVATIONS = 0, 1, 2, 3, 4
@@ -52,6 +53,23 @@ GAUSSIAN_SAMPLE, CATEGORICAL_PROBS, VALUES_ONLY = 0, 1, 2
 _LOG_SQRT_2PI = np.float32(math.log(math.sqrt(2 * math.pi)))
 _ENTROPY_CONST = np.float32(0.5 + 0.5 * math.log(2 * math.pi))
 _FLOAT32_MIN = np.float32(np.finfo(np.float32).min)
+
+
+@njit(cache=True)
+def _typed_list(arrays):  # type: ignore[no-untyped-def]
+    out = List()
+    for array in arrays:
+        out.append(array)
+    return out
+
+
+def array_list(arrays: list[np.ndarray]) -> List:
+    """
+    :param arrays: 2-d float32 C-contiguous arrays
+    :return: a typed list of them (the same memory). Built in a cached kernel: building it from Python would compile
+        Numba's list methods in every process.
+    """
+    return _typed_list(tuple(arrays))
 
 
 # Eigen's rational approximation of tanh on [-c, c] (``generic_fast_tanh_float``): at most ~4 float32 ulp from the

@@ -2,7 +2,7 @@
 The policies the accelerator runs, described for its kernels: which Linear layers and activations, in what order, and
 NumPy views of the policy's own tensors (see the layout in ``sb3_trust.accel.kernels``).
 
-This module needs only torch and SB3 until a ``PackedPolicy`` is built (that needs Numba's typed list).
+This module needs only torch and SB3 until a ``PackedPolicy`` is built (that needs Numba).
 """
 
 from typing import Any
@@ -142,7 +142,7 @@ class PackedPolicy:
     """
 
     def __init__(self, policy: ActorCriticPolicy) -> None:
-        from numba.typed import List
+        from sb3_trust.accel.kernels import array_list
 
         self.policy = policy
         actor, critic = branches(policy)
@@ -153,7 +153,8 @@ class PackedPolicy:
             dtype=np.int64,
         )
         self.params = policy_parameters(policy)
-        self.arrays = List([as_2d(param) for param in self.params])
+        self.views = [as_2d(param) for param in self.params]
+        self.arrays = array_list(self.views)
         self.data_pointers = self.pointers()
         self.n_actor_params = 2 * len(actor)
 
@@ -171,8 +172,8 @@ class PackedPolicy:
 
     def old_actor(self, old_policy: ActorCriticPolicy) -> Any:
         """:return: the typed list of another policy's actor parameters (and ``log_std``), same structure"""
-        from numba.typed import List
+        from sb3_trust.accel.kernels import array_list
 
         params = policy_parameters(old_policy)
         actor = params[: self.n_actor_params] + ([] if self.categorical else [params[-1]])
-        return List([np.ascontiguousarray(as_2d(param.float().cpu())) for param in actor])
+        return array_list([np.ascontiguousarray(as_2d(param.float().cpu())) for param in actor])

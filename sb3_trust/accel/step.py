@@ -87,8 +87,6 @@ class PPOStep:
             and all(state.get(param) is entries for param, entries in zip(packed.params, self._state_entries, strict=True))
         ):
             return self._state_list, created
-        from numba.typed import List
-
         for param in packed.params:
             if len(state[param]) == 0:
                 state[param]["step"] = th.zeros((), dtype=_scalar_dtype())
@@ -99,7 +97,7 @@ class PPOStep:
         for tensor in tensors:
             if tensor.dtype != th.float32 or not tensor.is_contiguous() or tensor.device.type != "cpu":
                 raise TypeError(f"the accelerator needs float32 CPU Adam state, got {tensor.dtype} {tensor.device}")
-        self._state_list = List(list(packed.arrays) + [as_2d(tensor) for tensor in tensors])
+        self._state_list = kernels.array_list([*packed.views, *(as_2d(tensor) for tensor in tensors)])
         # Torch replaces the whole state (load_state_dict) or a parameter's entries: both are seen by identity. Holding
         # them keeps their ids from being reused by other objects.
         self._state = state
