@@ -155,3 +155,17 @@ def test_unsupported_action_space_is_type_error():
         TrustPPO("MlpPolicy", SpaceEnv(spaces.Dict({"a": spaces.Discrete(2)})), **SMALL)
     with pytest.raises(TypeError, match="action space"):
         TrustPPO("MlpPolicy", SpaceEnv(spaces.Tuple([spaces.Discrete(2)])), **SMALL)
+
+
+@pytest.mark.parametrize("name", ["TrustPPO", "TrustTRPO", "TrustNPG"])
+def test_tensorboard_run_folder_is_named_after_the_class(tmp_path, name):
+    """As SB3 names its runs ``PPO_1``: ``learn()``'s default ``tb_log_name`` is the class name; a given one is kept."""
+    pytest.importorskip("tensorboard", reason="tensorboard is not installed")
+    import sb3_trust
+
+    algorithm = getattr(sb3_trust, name)
+    kwargs = dict(n_steps=64, batch_size=32, policy_kwargs=dict(net_arch=[8]), seed=0, device="cpu")
+    model = algorithm("MlpPolicy", "CartPole-v1", tensorboard_log=str(tmp_path), **kwargs)
+    model.learn(64)
+    model.learn(64, tb_log_name="mine")
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted([f"{name}_1", "mine_1"])

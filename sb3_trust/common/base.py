@@ -15,10 +15,10 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.policies import ActorCriticPolicy
-from stable_baselines3.common.type_aliases import GymEnv
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback
 from stable_baselines3.common.vec_env import VecEnv
 
-from sb3_trust.common.reference import after_collection, check_reference_kwargs, setup_reference
+from sb3_trust.common.reference import REFERENCE_KWARGS, after_collection, check_reference_kwargs, setup_reference
 from sb3_trust.common.safety import FiniteObservations, check_saved_model
 from sb3_trust.common.validation import check_schedule_value
 
@@ -32,6 +32,25 @@ class TrustAlgorithmMixin:
     """
 
     _trust_family: ClassVar[str]
+
+    def learn(
+        self: SelfTrustAlgorithm,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        log_interval: int = 1,
+        tb_log_name: str | None = None,
+        reset_num_timesteps: bool = True,
+        progress_bar: bool = False,
+    ) -> SelfTrustAlgorithm:
+        """SB3's ``learn()``; ``tb_log_name`` defaults to the class name (``TrustPPO``, ``TrustTRPO``, ``TrustNPG``)."""
+        return super().learn(  # type: ignore[misc]
+            total_timesteps=total_timesteps,
+            callback=callback,
+            log_interval=log_interval,
+            tb_log_name=type(self).__name__ if tb_log_name is None else tb_log_name,
+            reset_num_timesteps=reset_num_timesteps,
+            progress_bar=progress_bar,
+        )
 
     def _accelerated(self, part: str, can_run: Callable[[Any, str], str | None], make: Callable[[Any], Any]) -> Any:
         """
@@ -117,13 +136,8 @@ class TrustAlgorithmMixin:
             observation and action spaces
         """
         algorithm: Any = self
-        check_reference_kwargs(
-            reference_policy,
-            algorithm.reference_kl_coef,
-            algorithm.reference_kl_mode,
-            algorithm.reference_kl_target,
-            algorithm.reference_kl_horizon,
-        )
+        settings = {name: getattr(algorithm, name) for name in REFERENCE_KWARGS}
+        check_reference_kwargs({**settings, "reference_policy": reference_policy})
         is_path = isinstance(reference_policy, (str, os.PathLike))
         algorithm.reference_policy = os.fspath(reference_policy) if is_path else None
         algorithm._reference_object = None if is_path else reference_policy

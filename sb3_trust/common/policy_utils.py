@@ -56,15 +56,19 @@ def _detached_distribution(distribution: Distribution) -> Distribution:
     return clone
 
 
-def frozen_copy(policy: ActorCriticPolicy) -> ActorCriticPolicy:
+def frozen_copy(policy: ActorCriticPolicy, into: ActorCriticPolicy | None = None) -> ActorCriticPolicy:
     """
     A deep copy of ``policy`` without its optimizer, in eval mode, with gradients switched off.
     Its action distribution object is separate from ``policy``'s, so it can serve as π_old.
     Copying consumes no random numbers (unlike building a new policy, whose initialisation would).
 
     :param policy: the policy to copy
+    :param into: an earlier frozen copy of the same policy, whose storage is reused (its parameters are overwritten)
     :return: the frozen copy
     """
+    if into is not None:
+        into.load_state_dict(policy.state_dict())
+        return into
     # deepcopy cannot copy non-leaf tensors (gSDE keeps some in its distribution object): substitute a detached copy
     memo: dict[int, Any] = {id(policy.action_dist): _detached_distribution(policy.action_dist)}
     if hasattr(policy, "optimizer"):

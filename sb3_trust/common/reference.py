@@ -17,6 +17,7 @@ model; a policy object given directly must be given again after ``load()`` (``se
 
 import hashlib
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -223,49 +224,50 @@ def shape_rollout_rewards(
 REFERENCE_EXCLUDED_SAVE_PARAMS = ("_reference", "_reference_object", "reference_kl_coef_schedule")
 
 
-def check_reference_kwargs(
-    reference_policy: Any,
-    reference_kl_coef: Any,
-    reference_kl_mode: Any,
-    reference_kl_target: Any,
-    reference_kl_horizon: Any,
-) -> None:
+REFERENCE_KWARGS = ("reference_kl_coef", "reference_kl_mode", "reference_kl_target", "reference_kl_horizon")
+
+
+def check_reference_kwargs(given: Mapping[str, Any]) -> None:
     """
     Validate the reference-KL keywords (``ValueError``/``TypeError`` naming the keyword).
+
+    :param given: ``reference_policy`` and the ``REFERENCE_KWARGS`` (e.g. the constructor's ``locals()``)
     """
     from sb3_trust.common.validation import check_choice, check_number
 
+    reference_policy, coef, target = given["reference_policy"], given["reference_kl_coef"], given["reference_kl_target"]
     if reference_policy is not None and not isinstance(reference_policy, (str, os.PathLike, BaseAlgorithm, ActorCriticPolicy)):
         raise TypeError(
             "`reference_policy` must be None, a path to a saved model, an SB3 model or an ActorCriticPolicy, "
             f"got {type(reference_policy).__name__}"
         )
-    check_number("reference_kl_coef", reference_kl_coef, low=0.0, allow_schedule=True)
-    check_choice("reference_kl_mode", reference_kl_mode, REFERENCE_KL_MODES)
-    check_number("reference_kl_target", reference_kl_target, low=0.0, low_inclusive=False, allow_none=True)
-    check_number("reference_kl_horizon", reference_kl_horizon, low=1, integer=True)
-    if reference_kl_target is not None and callable(reference_kl_coef):
+    check_number("reference_kl_coef", coef, low=0.0, allow_schedule=True)
+    check_choice("reference_kl_mode", given["reference_kl_mode"], REFERENCE_KL_MODES)
+    check_number("reference_kl_target", target, low=0.0, low_inclusive=False, allow_none=True)
+    check_number("reference_kl_horizon", given["reference_kl_horizon"], low=1, integer=True)
+    if target is not None and callable(coef):
         raise ValueError(
-            f"`reference_kl_coef` must be a float (the initial β) when `reference_kl_target` is set, got {reference_kl_coef!r}"
+            f"`reference_kl_coef` must be a float (the initial β) when `reference_kl_target` is set, got {coef!r}"
         )
 
 
-def init_reference(algo: Any, reference_policy: Any, kwargs: dict[str, Any]) -> None:
+def init_reference(algo: Any, given: Mapping[str, Any]) -> None:
     """
     Store the reference settings on the algorithm (from ``__init__``).
 
     :param algo: the algorithm
-    :param reference_policy: path, model, policy or None
-    :param kwargs: reference_kl_coef, reference_kl_mode, reference_kl_target, reference_kl_horizon
+    :param given: the constructor's keywords: ``reference_policy`` (path, model, policy or None) and the
+        ``REFERENCE_KWARGS``
     """
-    check_reference_kwargs(reference_policy, **kwargs)
-    for name, value in kwargs.items():
-        setattr(algo, name, value)
+    check_reference_kwargs(given)
+    for name in REFERENCE_KWARGS:
+        setattr(algo, name, given[name])
+    reference_policy = given["reference_policy"]
     is_path = isinstance(reference_policy, (str, os.PathLike))
     algo.reference_policy = os.fspath(reference_policy) if is_path else None
     algo._reference_object = None if is_path else reference_policy
     algo.reference_policy_fingerprint = None
-    coef = kwargs["reference_kl_coef"]
+    coef = given["reference_kl_coef"]
     algo._reference_kl_coef = float(coef(1.0) if callable(coef) else coef)
     algo._reference = None
 

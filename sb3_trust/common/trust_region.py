@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch as th
+from stable_baselines3.common.type_aliases import PyTorchObs
 
 
 def flat_grad(
@@ -266,3 +267,34 @@ def apply_fixed_step(
             set_flat_params_(parameters, original)
             return LineSearchResult(False, 0, 0.0, 0.0, 0.0, 0.0)
     return LineSearchResult(True, 0, 1.0, kl, surrogate - surrogate_before, step * expected_improvement_rate)
+
+
+class ActorBatch(NamedTuple):
+    """The samples of an actor step: observations, actions, their old log-likelihoods, (normalised) advantages."""
+
+    observations: PyTorchObs
+    actions: th.Tensor
+    old_log_prob: th.Tensor
+    advantages: th.Tensor
+
+
+class ActorStepStats(NamedTuple):
+    """What an actor step did (``step``: the line search's or the fixed step's result)."""
+
+    policy_objective: float
+    step: LineSearchResult
+    kl: float  # KL(π_old ‖ π_new) summed over action dims, mean over states, of the step applied
+    step_size: float
+    cg_residual: float
+    skipped: bool
+
+
+class ActorProblem(NamedTuple):
+    """The actor step's quantities at θ_old."""
+
+    actor_params: list[th.Tensor]
+    policy_objective: th.Tensor  # surrogate at θ_old (scalar)
+    objective_grad: th.Tensor  # its flat gradient
+    fisher_vector_product: Callable[[th.Tensor], th.Tensor]  # v -> (F + cg_damping I) v
+    evaluate: Callable[[], tuple[th.Tensor, th.Tensor]]  # (surrogate, constraint KL) at the current parameters
+    paper_kl: list[float] | None  # filled by `evaluate` with KL(π_old ‖ π_new) when the constraint KL is another one

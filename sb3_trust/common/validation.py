@@ -7,7 +7,7 @@ what is allowed, so that a wrong setting fails in the constructor, before any tr
 
 import math
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from gymnasium import spaces
@@ -151,30 +151,31 @@ def check_rollout_sizes(
         )
 
 
-def check_common_on_policy_kwargs(
-    *,
-    learning_rate: float | Callable,
-    n_steps: int,
-    batch_size: int | None,
-    gamma: float,
-    gae_lambda: float,
-    normalize_advantage: bool,
-    use_sde: bool,
-    sde_sample_freq: int,
-    stats_window_size: int,
-) -> None:
+def check_common_on_policy_kwargs(given: Mapping[str, Any]) -> None:
     """
-    Checks of the keywords that TrustPPO and TrustTRPO share with every SB3 on-policy algorithm.
+    Checks of the keywords that TrustPPO and TrustTRPO share: those of every SB3 on-policy algorithm, and ours
+    (``on_non_finite``, ``backend``, the reference-policy keywords).
+
+    :param given: the keywords given to the constructor (its ``locals()``)
     """
-    check_number("learning_rate", learning_rate, low=0.0, allow_schedule=True)
-    check_number("n_steps", n_steps, low=1, integer=True)
-    check_number("batch_size", batch_size, low=1, integer=True, allow_none=batch_size is None)
-    check_number("gamma", gamma, low=0.0, high=1.0)
-    check_number("gae_lambda", gae_lambda, low=0.0, high=1.0)
-    check_bool("normalize_advantage", normalize_advantage)
-    check_bool("use_sde", use_sde)
-    check_number("sde_sample_freq", sde_sample_freq, low=-1, integer=True)
-    check_number("stats_window_size", stats_window_size, low=1, integer=True)
+    from sb3_trust.common.reference import check_reference_kwargs
+    from sb3_trust.common.safety import NON_FINITE_ACTIONS
+
+    check_number("learning_rate", given["learning_rate"], low=0.0, allow_schedule=True)
+    check_number("n_steps", given["n_steps"], low=1, integer=True)
+    check_number("batch_size", given["batch_size"], low=1, integer=True, allow_none=given["batch_size"] is None)
+    check_number("gamma", given["gamma"], low=0.0, high=1.0)
+    check_number("gae_lambda", given["gae_lambda"], low=0.0, high=1.0)
+    check_bool("normalize_advantage", given["normalize_advantage"])
+    check_bool("use_sde", given["use_sde"])
+    check_number("sde_sample_freq", given["sde_sample_freq"], low=-1, integer=True)
+    check_number("stats_window_size", given["stats_window_size"], low=1, integer=True)
+    rollout_buffer_kwargs = given["rollout_buffer_kwargs"]
+    if rollout_buffer_kwargs is not None and not isinstance(rollout_buffer_kwargs, dict):
+        raise TypeError(f"`rollout_buffer_kwargs` must be a dict or None, got {rollout_buffer_kwargs!r}")
+    check_choice("on_non_finite", given["on_non_finite"], NON_FINITE_ACTIONS)
+    check_backend(given["backend"])
+    check_reference_kwargs(given)
 
 
 def check_backend(backend: Any) -> None:

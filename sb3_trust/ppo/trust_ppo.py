@@ -8,35 +8,31 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import ActorCriticCnnPolicy, ActorCriticPolicy, BasePolicy, MultiInputActorCriticPolicy
-from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, RolloutBufferSamples, Schedule
+from stable_baselines3.common.type_aliases import GymEnv, RolloutBufferSamples, Schedule
 from stable_baselines3.common.utils import FloatSchedule, explained_variance
 
 from sb3_trust import accel
 from sb3_trust.common.base import TrustAlgorithmMixin
-from sb3_trust.common.kl import AdaptiveKLController, exact_kl, rollout_kl
-from sb3_trust.common.losses import VF_CLIP_MODES, normalize_advantages, value_loss
+from sb3_trust.common.kl import AdaptiveKLController, approx_kl_k3, exact_kl, rollout_kl
+from sb3_trust.common.losses import normalize_advantages, value_loss
 from sb3_trust.common.policy_utils import evaluate_actions_with_distribution, frozen_copy
 from sb3_trust.common.reference import (
     REFERENCE_EXCLUDED_SAVE_PARAMS,
     after_update,
-    check_reference_kwargs,
     current_reference_coef,
     init_reference,
     reference_active,
     setup_reference,
 )
-from sb3_trust.common.safety import NON_FINITE_ACTIONS, NonFiniteError, all_finite, guarded_update
+from sb3_trust.common.safety import NonFiniteError, all_finite, guarded_update
 from sb3_trust.common.update import LossSettings, MinibatchStats
 from sb3_trust.common.validation import (
     check_action_space,
-    check_backend,
-    check_choice,
-    check_common_on_policy_kwargs,
-    check_number,
     check_rollout_sizes,
     check_schedule_value,
 )
 from sb3_trust.ppo.losses import POLICY_LOSSES
+from sb3_trust.ppo.validation import check_trust_ppo_kwargs
 
 SelfTrustPPO = TypeVar("SelfTrustPPO", bound="TrustPPO")
 
@@ -101,11 +97,8 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         because the clipping is not enough to prevent large update
         see issue #213 (cf https://github.com/hill-a/stable-baselines/issues/213)
         By default, there is no limit on the kl div.
-    :param policy_loss: NEW. The trust-region mechanism of the policy loss:
-        ``"clip"`` (PPO-clip, ``-mean(min(r·A, clip(r, 1±ε)·A))``),
-        ``"kl_penalty"`` (PPO-Penalty, ``-mean(r·A) + β·mean KL(π_old ‖ π_new)``, fixed or adaptive β) or
-        ``"unclipped"`` (``-mean(r·A)``, no trust region except ``target_kl``; the baseline of the PPO paper's Table 1),
-        or any other name of the registry ``sb3_trust.ppo.losses.POLICY_LOSSES``
+    :param policy_loss: NEW. The policy loss, a name of the registry ``sb3_trust.ppo.losses.POLICY_LOSSES``:
+        ``"clip"`` (PPO-clip), ``"kl_penalty"`` (PPO-Penalty, fixed or adaptive β) or ``"unclipped"`` (``-mean(r·A)``)
     :param kl_coef: NEW. β, the coefficient of the KL penalty (``policy_loss="kl_penalty"``): the fixed value,
         a schedule, or the initial value of the adaptive rule
     :param adaptive_kl_target: NEW. d_targ of the adaptive rule of the PPO paper: after each update, β is doubled if the
@@ -114,22 +107,16 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
     :param vf_clip_mode: NEW. How ``clip_range_vf`` clips the value loss: ``"sb3"`` (default, SB3: the MSE of the
         clipped prediction ``mean((R - V_clip)²)``) or ``"max"`` (OpenAI Baselines/CleanRL: the pessimistic
         ``mean(max((R - V)², (R - V_clip)²))``), with ``V_clip = V_old + clip(V - V_old, -ε_v, ε_v)``.
-    :param on_non_finite: NEW. What happens when a NaN or infinite number appears in the rollout (observations,
-        rewards, actions, values, ...), in a loss, in the gradients or in the parameters: ``"raise"`` (default) stops
-        training with a ``NonFiniteError`` naming the quantity and the timestep; ``"skip"`` warns, skips the update and
-        counts it in ``train/skipped_updates``. In both cases the weights and optimizer state from before the update
-        are kept, so the model can still be saved. An exception or ``KeyboardInterrupt`` during an update also
-        restores them.
-    :param reference_policy: NEW. A frozen reference policy π_ref to stay close to, as in RLHF fine-tuning: a path to a
-        saved SB3 model (recorded, and reloaded with the model), an SB3 model or an ``ActorCriticPolicy`` (not saved:
-        attach it again after ``load()`` with ``set_reference_policy``). Same observation and action spaces as the
-        env; any architecture. ``None`` (default): no reference. See ``sb3_trust.common.reference``.
-    :param reference_kl_coef: NEW. β of the reference penalty: a float, a schedule, or the initial value of the
-        adaptive controller
+    :param on_non_finite: NEW. A NaN or infinite number in the rollout, a loss, the gradients or the parameters:
+        ``"raise"`` (default) a ``NonFiniteError`` naming it and the timestep, ``"skip"`` a warning and the update skipped
+        (``train/skipped_updates``). Either way (and on an exception) the state from before the update is kept.
+    :param reference_policy: NEW. A frozen policy π_ref to stay close to, as in RLHF (``sb3_trust.common.reference``):
+        a path to a saved SB3 model (reloaded with the model), an SB3 model or an ``ActorCriticPolicy`` (attach it again
+        after ``load()`` with ``set_reference_policy``); ``None`` (default): no reference.
+    :param reference_kl_coef: NEW. Its β: a float, a schedule, or the controller's initial value
     :param reference_kl_mode: NEW. ``"reward"`` (default, RLHF): ``r_t - β·(log π(a_t|s_t) - log π_ref(a_t|s_t))``
-        before GAE; ``"loss"``: ``β·mean KL(π ‖ π_ref)`` (exact, summed over action dimensions) added to the loss
-    :param reference_kl_target: NEW. Target of the proportional β controller of Ziegler et al. (2019), or ``None``
-        for a fixed or scheduled β
+        before GAE; ``"loss"``: ``β·mean KL(π ‖ π_ref)`` added to the loss
+    :param reference_kl_target: NEW. Target of the β controller of Ziegler et al. (2019), or ``None`` (fixed β)
     :param reference_kl_horizon: NEW. Horizon (in samples) of that controller
     :param stats_window_size: Window size for the rollout logging, specifying the number of episodes to average
         the reported success rate, mean episode length, and mean reward over
@@ -194,54 +181,9 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         _init_setup_model: bool = True,
         backend: str = "auto",
     ):
-        # Every keyword is checked before anything is built (SB3 uses asserts; we raise ValueError/TypeError)
-        check_common_on_policy_kwargs(
-            learning_rate=learning_rate,
-            n_steps=n_steps,
-            batch_size=batch_size,
-            gamma=gamma,
-            gae_lambda=gae_lambda,
-            normalize_advantage=normalize_advantage,
-            use_sde=use_sde,
-            sde_sample_freq=sde_sample_freq,
-            stats_window_size=stats_window_size,
-        )
-        check_number("n_epochs", n_epochs, low=1, integer=True)
-        check_number("clip_range", clip_range, low=0.0, low_inclusive=False, allow_schedule=True)
-        check_number("clip_range_vf", clip_range_vf, low=0.0, low_inclusive=False, allow_schedule=True, allow_none=True)
-        check_number("ent_coef", ent_coef, allow_schedule=True)
-        check_number("vf_coef", vf_coef, low=0.0)
-        check_number("max_grad_norm", max_grad_norm, low=0.0, low_inclusive=False)
-        check_number("target_kl", target_kl, low=0.0, low_inclusive=False, allow_none=True)
-        check_choice("policy_loss", policy_loss, POLICY_LOSSES)
-        check_number("kl_coef", kl_coef, low=0.0, allow_schedule=True)
-        check_number("adaptive_kl_target", adaptive_kl_target, low=0.0, low_inclusive=False, allow_none=True)
-        check_choice("vf_clip_mode", vf_clip_mode, VF_CLIP_MODES)
-        check_choice("on_non_finite", on_non_finite, NON_FINITE_ACTIONS)
-        check_backend(backend)
-        reference_kwargs = dict(
-            reference_kl_coef=reference_kl_coef,
-            reference_kl_mode=reference_kl_mode,
-            reference_kl_target=reference_kl_target,
-            reference_kl_horizon=reference_kl_horizon,
-        )
-        check_reference_kwargs(reference_policy, **reference_kwargs)
-        if normalize_advantage and batch_size < 2:
-            raise ValueError(
-                f"`batch_size` must be greater than 1 when `normalize_advantage=True`, got {batch_size} "
-                "(see https://github.com/DLR-RM/stable-baselines3/issues/440)"
-            )
-        if adaptive_kl_target is not None and not POLICY_LOSSES[policy_loss].needs_kl:
-            raise ValueError(
-                f"`adaptive_kl_target={adaptive_kl_target}` adapts the KL penalty, so it needs a KL-penalty loss such as "
-                f"`policy_loss='kl_penalty'`, got `policy_loss={policy_loss!r}`"
-            )
-        if adaptive_kl_target is not None and callable(kl_coef):
-            raise ValueError(
-                f"`kl_coef` must be a float (the initial β) when `adaptive_kl_target` is set, got the schedule {kl_coef!r}"
-            )
-        if vf_clip_mode != "sb3" and clip_range_vf is None:
-            raise ValueError(f"`vf_clip_mode={vf_clip_mode!r}` needs a `clip_range_vf`, got None")
+        # Every keyword is checked before anything is built (SB3 asserts; we raise ValueError/TypeError)
+        given = dict(locals())
+        check_trust_ppo_kwargs(given)
 
         super().__init__(
             policy,
@@ -290,7 +232,7 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         # Updates skipped because of non-finite numbers (on_non_finite="skip")
         self._n_skipped_updates = 0
         # KL penalty toward a frozen reference policy (RLHF): settings, current β, the frozen policy
-        init_reference(self, reference_policy, reference_kwargs)
+        init_reference(self, given)
 
         if _init_setup_model:
             self._setup_model()
@@ -336,7 +278,7 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         self._update_learning_rate(self.policy.optimizer)
         settings = self._loss_settings()
         # π_old, the policy before this update: for the exact KL of the penalty and of train/kl
-        old_policy = self._snapshot_old_policy()
+        old_policy = self._old_policy = frozen_copy(self.policy, into=self._old_policy)  # type: ignore[arg-type]
         accelerated = self._accelerated("train", accel.can_run, accel.ppo_step)
         if accelerated is not None:
             accelerated.begin_update(old_policy)
@@ -469,9 +411,8 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
             )
 
         with th.no_grad():
-            # k3 estimate of KL(π_old ‖ π), for SB3's early stopping and logging
-            # see issue #417 and discussion in PR #419 of stable-baselines3, and http://joschu.net/blog/kl-approx.html
-            approx_kl_div = th.mean((th.exp(log_ratio) - 1) - log_ratio).cpu().numpy()
+            # k3 estimate of KL(π_old ‖ π), for SB3's early stopping and logging (stable-baselines3 issue #417)
+            approx_kl_div = approx_kl_k3(log_ratio).cpu().numpy()
             stats = MinibatchStats(
                 policy_loss=policy_loss.item(),
                 value_loss=vf_loss.item(),
@@ -533,32 +474,4 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
             max_grad_norm=self.max_grad_norm,
             max_approx_kl=None if self.target_kl is None else 1.5 * self.target_kl,
             reference_coef=reference_coef,
-        )
-
-    def _snapshot_old_policy(self) -> ActorCriticPolicy:
-        """
-        :return: a frozen copy of the current policy (π_old for this update), reusing its storage between updates
-        """
-        if self._old_policy is None:
-            self._old_policy = frozen_copy(self.policy)  # type: ignore[arg-type]
-        else:
-            self._old_policy.load_state_dict(self.policy.state_dict())
-        return self._old_policy
-
-    def learn(
-        self: SelfTrustPPO,
-        total_timesteps: int,
-        callback: MaybeCallback = None,
-        log_interval: int = 1,
-        tb_log_name: str = "TrustPPO",
-        reset_num_timesteps: bool = True,
-        progress_bar: bool = False,
-    ) -> SelfTrustPPO:
-        return super().learn(
-            total_timesteps=total_timesteps,
-            callback=callback,
-            log_interval=log_interval,
-            tb_log_name=tb_log_name,
-            reset_num_timesteps=reset_num_timesteps,
-            progress_bar=progress_bar,
         )

@@ -2,8 +2,7 @@ import copy
 import math
 import os
 import warnings
-from collections.abc import Callable
-from typing import Any, ClassVar, Literal, NamedTuple, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import numpy as np
 import torch as th
@@ -13,7 +12,7 @@ from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.distributions import Distribution, kl_divergence
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
-from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorchObs, Schedule
+from stable_baselines3.common.type_aliases import GymEnv, Schedule
 from stable_baselines3.common.utils import explained_variance
 from torch.nn import functional as F
 
@@ -23,14 +22,16 @@ from sb3_trust.common.kl import exact_kl
 from sb3_trust.common.reference import (
     REFERENCE_EXCLUDED_SAVE_PARAMS,
     after_update,
-    check_reference_kwargs,
     current_reference_coef,
     init_reference,
     reference_active,
     setup_reference,
 )
-from sb3_trust.common.safety import NON_FINITE_ACTIONS, guarded_update
+from sb3_trust.common.safety import guarded_update
 from sb3_trust.common.trust_region import (
+    ActorBatch,
+    ActorProblem,
+    ActorStepStats,
     LineSearchResult,
     apply_fixed_step,
     backtracking_line_search,
@@ -41,47 +42,15 @@ from sb3_trust.common.trust_region import (
 )
 from sb3_trust.common.validation import (
     check_action_space,
-    check_backend,
-    check_choice,
-    check_common_on_policy_kwargs,
-    check_number,
     check_rollout_sizes,
 )
 from sb3_trust.trpo.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
+from sb3_trust.trpo.validation import check_trust_trpo_kwargs
 
 SelfTrustTRPO = TypeVar("SelfTrustTRPO", bound="TrustTRPO")
 
 KLConvention = Literal["paper", "contrib"]
 StepRule = Literal["line_search", "npg"]
-KL_CONVENTIONS = ("paper", "contrib")
-STEP_RULES = ("line_search", "npg")
-
-
-class _ActorBatch(NamedTuple):
-    observations: PyTorchObs
-    actions: th.Tensor
-    old_log_prob: th.Tensor
-    advantages: th.Tensor
-
-
-class _ActorStepStats(NamedTuple):
-    policy_objective: float
-    step: LineSearchResult
-    kl: float  # KL(π_old ‖ π_new) summed over action dims, mean over states, of the step applied
-    step_size: float
-    cg_residual: float
-    skipped: bool
-
-
-class _ActorProblem(NamedTuple):
-    """The actor step's quantities at θ_old."""
-
-    actor_params: list[th.Tensor]
-    policy_objective: th.Tensor  # surrogate at θ_old (scalar)
-    objective_grad: th.Tensor  # its flat gradient
-    fisher_vector_product: Callable[[th.Tensor], th.Tensor]  # v -> (F + cg_damping I) v
-    evaluate: Callable[[], tuple[th.Tensor, th.Tensor]]  # (surrogate, constraint KL) at the current parameters
-    paper_kl: list[float] | None  # filled by `evaluate` with KL(π_old ‖ π_new) when the constraint KL is another one
 
 
 class TrustTRPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
@@ -156,19 +125,16 @@ class TrustTRPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         ``"contrib"`` (sb3-contrib's KL(π_new ‖ π_old) averaged over action dims, ``kl < δ``, random CG start)
     :param step_rule: ``"line_search"`` (TRPO) or ``"npg"`` (natural policy gradient: fixed step
         ``sqrt(2 δ / sᵀ F s)``, no line search; ``line_search_*`` are then unused)
-    :param on_non_finite: what happens when a NaN or infinite number appears in the rollout: ``"raise"`` (default,
-        ``NonFiniteError`` naming the quantity and the timestep) or ``"skip"`` (warn and skip the update); the state from
-        before the update is kept. Non-finite quantities inside the actor step skip that step (``train/actor_step_skipped``).
-    :param reference_policy: a frozen reference policy π_ref (RLHF-style fine-tuning), as in ``TrustPPO``: a path to a
-        saved SB3 model (recorded and reloaded), an SB3 model or an ``ActorCriticPolicy``; ``None``: no reference
+    :param on_non_finite: a NaN or infinite number in the rollout: ``"raise"`` (default) or ``"skip"`` the update, as
+        in ``TrustPPO``. Non-finite quantities inside the actor step skip that step (``train/actor_step_skipped``).
+    :param reference_policy: a frozen reference policy π_ref (RLHF), as in ``TrustPPO``; ``None``: no reference
     :param reference_kl_coef: β of the reference penalty (float, schedule, or the controller's initial value)
     :param reference_kl_mode: ``"reward"`` (shaping before GAE) or ``"loss"`` (``- β·mean KL(π ‖ π_ref)`` added to the
-        surrogate that the trust-region step maximises; this uses the autograd actor step)
-    :param reference_kl_target: target of the proportional β controller (Ziegler et al. 2019), or ``None``
+        surrogate that the trust-region step maximises)
+    :param reference_kl_target: target of the β controller (Ziegler et al. 2019), or ``None``
     :param reference_kl_horizon: horizon (in samples) of that controller
-    :param backend: ``"auto"`` (default): the accelerator for the parts of this model it can run (collection), the
-        reference path for the rest; ``"reference"``: SB3's methods only; ``"accelerated"``: a ``ValueError`` where the
-        accelerator cannot run collection. Which path ran is in ``collect_backend`` and ``train_backend``.
+    :param backend: ``"auto"`` (default), ``"reference"`` or ``"accelerated"``, as in ``TrustPPO`` (the accelerator
+        collects rollouts; the update runs on the reference path)
     """
 
     _trust_family = "TrustTRPO"
@@ -217,45 +183,9 @@ class TrustTRPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         reference_kl_horizon: int = 10_000,
         backend: str = "auto",
     ):
-        # Checked before anything is built, so that a wrong setting fails before the env is created
-        check_common_on_policy_kwargs(
-            learning_rate=learning_rate,
-            n_steps=n_steps,
-            batch_size=batch_size,
-            gamma=gamma,
-            gae_lambda=gae_lambda,
-            normalize_advantage=normalize_advantage,
-            use_sde=use_sde,
-            sde_sample_freq=sde_sample_freq,
-            stats_window_size=stats_window_size,
-        )
-        check_number("cg_max_steps", cg_max_steps, low=1, integer=True)
-        check_number("cg_damping", cg_damping, low=0.0)
-        check_number(
-            "line_search_shrinking_factor",
-            line_search_shrinking_factor,
-            low=0.0,
-            high=1.0,
-            low_inclusive=False,
-            high_inclusive=False,
-        )
-        check_number("line_search_max_iter", line_search_max_iter, low=1, integer=True)
-        check_choice("on_non_finite", on_non_finite, NON_FINITE_ACTIONS)
-        reference_kwargs = dict(
-            reference_kl_coef=reference_kl_coef,
-            reference_kl_mode=reference_kl_mode,
-            reference_kl_target=reference_kl_target,
-            reference_kl_horizon=reference_kl_horizon,
-        )
-        check_reference_kwargs(reference_policy, **reference_kwargs)
-        check_number("n_critic_updates", n_critic_updates, low=0, integer=True)
-        check_number("target_kl", target_kl, low=0.0, low_inclusive=False)
-        check_number("sub_sampling_factor", sub_sampling_factor, low=1, integer=True)
-        check_choice("kl_convention", kl_convention, KL_CONVENTIONS)
-        check_choice("step_rule", step_rule, STEP_RULES)
-        check_backend(backend)
-        if rollout_buffer_kwargs is not None and not isinstance(rollout_buffer_kwargs, dict):
-            raise TypeError(f"`rollout_buffer_kwargs` must be a dict or None, got {rollout_buffer_kwargs!r}")
+        # Every keyword is checked before anything is built (contrib asserts; we raise ValueError/TypeError)
+        given = dict(locals())
+        check_trust_trpo_kwargs(given)
 
         super().__init__(
             policy,
@@ -314,7 +244,7 @@ class TrustTRPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         self._n_actor_steps_skipped = 0
         self._n_skipped_updates = 0
         # KL penalty toward a frozen reference policy (RLHF): settings, current β, the frozen policy
-        init_reference(self, reference_policy, reference_kwargs)
+        init_reference(self, given)
 
         if _init_setup_model:
             self._setup_model()
@@ -348,7 +278,7 @@ class TrustTRPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         """:return: the accelerator's collection for this model, or ``None`` for SB3's ``collect_rollouts``"""
         return self._accelerated("collect", accel.can_run, accel.collector)
 
-    def _actor_batch(self) -> _ActorBatch:
+    def _actor_batch(self) -> ActorBatch:
         """
         The whole rollout as one batch (optionally sub-sampled), with normalised advantages.
         """
@@ -371,18 +301,18 @@ class TrustTRPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
             actions = actions.long().flatten()
         if self.normalize_advantage:
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-        return _ActorBatch(observations, actions, old_log_prob, advantages)
+        return ActorBatch(observations, actions, old_log_prob, advantages)
 
-    def _skip_actor_step(self, what: str, policy_objective: float, cg_residual: float = math.nan) -> _ActorStepStats:
+    def _skip_actor_step(self, what: str, policy_objective: float, cg_residual: float = math.nan) -> ActorStepStats:
         self._n_actor_steps_skipped += 1
         warnings.warn(
             f"{type(self).__name__}: non-finite {what} at update {self._n_updates + 1}, the actor step is skipped "
             f"({self._n_actor_steps_skipped} skipped so far, see `train/actor_step_skipped`)"
         )
         no_step = LineSearchResult(False, 0, 0.0, 0.0, 0.0, 0.0)
-        return _ActorStepStats(policy_objective, no_step, 0.0, 0.0, cg_residual, True)
+        return ActorStepStats(policy_objective, no_step, 0.0, 0.0, cg_residual, True)
 
-    def _actor_problem(self, batch: _ActorBatch) -> _ActorProblem:
+    def _actor_problem(self, batch: ActorBatch) -> ActorProblem:
         """
         The quantities of the actor step at θ_old, by autograd on SB3's distribution objects (any policy, both KL
         conventions; in ``"contrib"`` mode the same operations as sb3-contrib).
@@ -434,19 +364,9 @@ class TrustTRPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
                 surrogate = surrogate - reference_coef * exact_kl(new_distribution, reference_distribution).mean()
             return surrogate, constraint_kl
 
-        return _ActorProblem(actor_params, policy_objective, objective_grad, fisher_vector_product, evaluate, paper_kl)
+        return ActorProblem(actor_params, policy_objective, objective_grad, fisher_vector_product, evaluate, paper_kl)
 
-    def _actor_step(self, batch: _ActorBatch) -> tuple[list[th.Tensor], _ActorStepStats]:
-        """
-        One natural-gradient step of the actor (line search or NPG), in place.
-
-        :param batch: the actor batch
-        :return: the actor parameters, and the step's statistics
-        """
-        problem = self._actor_problem(batch)
-        return problem.actor_params, self._solve_actor_step(problem)
-
-    def _solve_actor_step(self, problem: _ActorProblem) -> _ActorStepStats:
+    def _solve_actor_step(self, problem: ActorProblem) -> ActorStepStats:
         """
         CG, maximal step and line search (or NPG step) on the quantities of ``problem``, in place.
 
@@ -471,7 +391,7 @@ class TrustTRPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
             if not bool(search_direction.any()):
                 # Zero gradient: nothing to do, not an error
                 no_step = LineSearchResult(False, 0, 0.0, 0.0, 0.0, 0.0)
-                return _ActorStepStats(objective_before, no_step, 0.0, 0.0, cg_residual, False)
+                return ActorStepStats(objective_before, no_step, 0.0, 0.0, cg_residual, False)
             return self._skip_actor_step("or non-positive sᵀFs", objective_before, cg_residual)
         expected_improvement_rate = float(objective_grad.dot(search_direction))
 
@@ -498,9 +418,9 @@ class TrustTRPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
                 strict_kl=self.kl_convention == "contrib",
             )
         if not result.success:
-            return _ActorStepStats(objective_before, result, 0.0, 0.0, cg_residual, False)
+            return ActorStepStats(objective_before, result, 0.0, 0.0, cg_residual, False)
         accepted_kl = result.kl if paper_kl is None or self.kl_convention == "paper" else paper_kl[0]
-        return _ActorStepStats(
+        return ActorStepStats(
             objective_before + result.surrogate_improvement,
             result,
             accepted_kl,
@@ -567,8 +487,10 @@ class TrustTRPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         # Update optimizer learning rate
         self._update_learning_rate(self.policy.optimizer)
 
-        actor_params, actor_stats = self._actor_step(self._actor_batch())
-        value_losses, n_critic_skipped = self._critic_step(actor_params)
+        # The actor's natural-gradient step (line search or NPG), in place, then the critic's regression
+        problem = self._actor_problem(self._actor_batch())
+        actor_stats = self._solve_actor_step(problem)
+        value_losses, n_critic_skipped = self._critic_step(problem.actor_params)
 
         self._n_updates += 1
         explained_var = explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten())
@@ -593,49 +515,3 @@ class TrustTRPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
         # KL(π ‖ π_ref) after the update: logged, and drives the reference β controller if any
         after_update(self)
-
-    def learn(
-        self: SelfTrustTRPO,
-        total_timesteps: int,
-        callback: MaybeCallback = None,
-        log_interval: int = 1,
-        tb_log_name: str = "TrustTRPO",
-        reset_num_timesteps: bool = True,
-        progress_bar: bool = False,
-    ) -> SelfTrustTRPO:
-        return super().learn(
-            total_timesteps=total_timesteps,
-            callback=callback,
-            log_interval=log_interval,
-            tb_log_name=tb_log_name,
-            reset_num_timesteps=reset_num_timesteps,
-            progress_bar=progress_bar,
-        )
-
-
-class TrustNPG(TrustTRPO):
-    """
-    Natural policy gradient: ``TrustTRPO`` with ``step_rule="npg"`` by default (fixed step ``sqrt(2 δ / sᵀ F s)``
-    along the CG direction, no line search). All keywords are those of ``TrustTRPO``; see its docstring.
-    """
-
-    def __init__(self, *args: Any, step_rule: StepRule = "npg", **kwargs: Any):
-        super().__init__(*args, step_rule=step_rule, **kwargs)
-
-    def learn(
-        self: SelfTrustTRPO,
-        total_timesteps: int,
-        callback: MaybeCallback = None,
-        log_interval: int = 1,
-        tb_log_name: str = "TrustNPG",
-        reset_num_timesteps: bool = True,
-        progress_bar: bool = False,
-    ) -> SelfTrustTRPO:
-        return super().learn(
-            total_timesteps=total_timesteps,
-            callback=callback,
-            log_interval=log_interval,
-            tb_log_name=tb_log_name,
-            reset_num_timesteps=reset_num_timesteps,
-            progress_bar=progress_bar,
-        )
