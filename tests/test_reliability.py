@@ -10,7 +10,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
-from stable_baselines3 import PPO
+from stable_baselines3 import A2C
 from stable_baselines3.common.callbacks import BaseCallback
 
 from sb3_trust import TrustPPO
@@ -198,9 +198,9 @@ def test_same_seed_same_parameters(env_id, variant):
 def test_loading_foreign_truncated_or_corrupted_files_is_a_clear_error(tmp_path):
     good = tmp_path / "good.zip"
     TrustPPO("MlpPolicy", "CartPole-v1", **SMALL).save(good)
-    # another library's algorithm
-    foreign = tmp_path / "sb3_ppo.zip"
-    PPO("MlpPolicy", "CartPole-v1", n_steps=64, batch_size=32).save(foreign)
+    # another library's algorithm (SB3's PPO files are read: tests/test_sb3_files.py)
+    foreign = tmp_path / "sb3_a2c.zip"
+    A2C("MlpPolicy", "CartPole-v1", n_steps=64).save(foreign)
     with pytest.raises(ValueError, match="saved by another library"):
         TrustPPO.load(foreign)
     # truncated

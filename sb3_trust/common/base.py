@@ -19,7 +19,7 @@ from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback
 from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_trust.common.reference import REFERENCE_KWARGS, after_collection, check_reference_kwargs, setup_reference
-from sb3_trust.common.safety import FiniteObservations, check_saved_model
+from sb3_trust.common.safety import FiniteObservations, ForeignFormat, check_saved_model
 from sb3_trust.common.validation import check_schedule_value
 
 SelfTrustAlgorithm = TypeVar("SelfTrustAlgorithm", bound="TrustAlgorithmMixin")
@@ -32,6 +32,8 @@ class TrustAlgorithmMixin:
     """
 
     _trust_family: ClassVar[str]
+    # The other libraries' files that load() reads as this algorithm's
+    _foreign_formats: ClassVar[tuple[ForeignFormat, ...]] = ()
 
     def learn(
         self: SelfTrustAlgorithm,
@@ -120,11 +122,16 @@ class TrustAlgorithmMixin:
     ) -> SelfTrustAlgorithm:
         """
         SB3's ``load()``, after checking that ``path`` is a readable file saved by this algorithm (its family: TrustTRPO
-        and TrustNPG read each other's files), with a clear ``ValueError`` otherwise, before anything is built. The
-        variant and all training state are restored from the file.
+        and TrustNPG read each other's files) or by the other library's algorithm it replaces (``_foreign_formats``:
+        SB3's PPO for TrustPPO, sb3-contrib's TRPO for TrustTRPO), with a clear ``ValueError`` otherwise, before anything
+        is built. The variant and all training state are restored from the file. A file of the other library gets our
+        settings that reproduce its updates (e.g. ``kl_convention="contrib"``), unless given here, so that training
+        continues where that library left off.
         WARNING: model files contain pickled Python objects; load only files you trust, as with SB3.
         """
-        check_saved_model(path, cls._trust_family, cls.__name__)
+        foreign = check_saved_model(path, cls._trust_family, cls.__name__, cls._foreign_formats)
+        if foreign is not None:
+            kwargs = {**foreign.settings, **kwargs}
         return super().load(path, env, device, custom_objects, print_system_info, force_reset, **kwargs)  # type: ignore[misc]
 
     def set_reference_policy(self, reference_policy: "str | os.PathLike | BaseAlgorithm | ActorCriticPolicy") -> None:

@@ -4,13 +4,14 @@ interrupted updates, and model files that are not what they claim to be.
 """
 
 import copy
+import dataclasses
 import io
 import json
 import os
 import pathlib
 import warnings
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -148,13 +149,36 @@ def all_finite(tensors: list[th.Tensor]) -> bool:
     return all(bool(th.isfinite(tensor).all()) for tensor in tensors)
 
 
-def check_saved_model(path: Any, family: str, cls_name: str) -> None:
+@dataclasses.dataclass(frozen=True)
+class ForeignFormat:
     """
-    Check, before SB3's ``load()`` builds anything, that ``path`` is a readable model file saved by ``family``.
+    A model file of another library that one of our algorithms reads as its own.
+
+    :param name: the other library's algorithm, for messages (``"stable_baselines3.PPO"``)
+    :param signature: the attributes that only that algorithm saves (among SB3's on-policy algorithms)
+    :param settings: our keywords that reproduce its updates (applied at load, unless given to ``load()``)
+    """
+
+    name: str
+    signature: frozenset[str]
+    settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def matches(self, data: Mapping[str, Any]) -> bool:
+        """:return: whether the file's ``data`` was saved by that algorithm (its attributes, SB3's policy classes)"""
+        policy_module = data.get("policy_class", {}).get("__module__") if isinstance(data.get("policy_class"), dict) else None
+        return self.signature <= data.keys() and policy_module == "stable_baselines3.common.policies"
+
+
+def check_saved_model(path: Any, family: str, cls_name: str, foreign: Sequence[ForeignFormat] = ()) -> ForeignFormat | None:
+    """
+    Check, before SB3's ``load()`` builds anything, that ``path`` is a readable model file saved by ``family``, or by
+    one of the ``foreign`` algorithms whose files it reads.
 
     :param path: a path (``.zip`` may be omitted, as in SB3) or a file object
     :param family: the value of ``_trust_algorithm`` the file must have (``"TrustPPO"`` or ``"TrustTRPO"``)
     :param cls_name: the class ``load()`` was called on, for the message
+    :param foreign: the other libraries' algorithms whose files ``cls_name`` reads
+    :return: the foreign format of the file, or ``None`` for our own file
     :raises ValueError: when the file is unreadable, truncated or corrupted, or was saved by another algorithm
     """
     source = path
@@ -176,12 +200,18 @@ def check_saved_model(path: Any, family: str, cls_name: str) -> None:
         if isinstance(source, io.IOBase):
             source.seek(position)
     saved_by = data.get("_trust_algorithm")
-    if saved_by != family:
-        origin = f"{saved_by}" if saved_by is not None else "another library's algorithm (not sb3_trust)"
-        raise ValueError(
-            f"Cannot load {path!r} with {cls_name}.load(): the file was saved by {origin}, not by {family}. "
-            f"Load it with the class that saved it."
-        )
+    if saved_by == family:
+        return None
+    if saved_by is None:
+        for other in foreign:
+            if other.matches(data):
+                return other
+    origin = f"{saved_by}" if saved_by is not None else "another library's algorithm (not sb3_trust)"
+    readable = "".join(f" or by {other.name}" for other in foreign)
+    raise ValueError(
+        f"Cannot load {path!r} with {cls_name}.load(): the file was saved by {origin}, not by {family}{readable}. "
+        f"Load it with the class that saved it."
+    )
 
 
 def handle_non_finite(algo: Any, problem: str) -> None:

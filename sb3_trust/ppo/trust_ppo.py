@@ -24,7 +24,7 @@ from sb3_trust.common.reference import (
     reference_active,
     setup_reference,
 )
-from sb3_trust.common.safety import NonFiniteError, all_finite, guarded_update
+from sb3_trust.common.safety import ForeignFormat, NonFiniteError, all_finite, guarded_update
 from sb3_trust.common.update import LossSettings, MinibatchStats
 from sb3_trust.common.validation import (
     check_action_space,
@@ -135,6 +135,7 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
     """
 
     _trust_family = "TrustPPO"
+    _foreign_formats = (ForeignFormat("stable_baselines3.PPO", frozenset({"n_epochs", "clip_range", "clip_range_vf"})),)
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
         "MlpPolicy": ActorCriticPolicy,
         "CnnPolicy": ActorCriticCnnPolicy,

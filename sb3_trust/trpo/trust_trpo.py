@@ -27,7 +27,7 @@ from sb3_trust.common.reference import (
     reference_active,
     setup_reference,
 )
-from sb3_trust.common.safety import guarded_update
+from sb3_trust.common.safety import ForeignFormat, guarded_update
 from sb3_trust.common.trust_region import (
     ActorBatch,
     ActorProblem,
@@ -138,6 +138,13 @@ class TrustTRPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
     """
 
     _trust_family = "TrustTRPO"
+    _foreign_formats = (
+        ForeignFormat(
+            "sb3_contrib.TRPO",
+            frozenset({"cg_max_steps", "cg_damping", "line_search_max_iter", "n_critic_updates", "sub_sampling_factor"}),
+            {"kl_convention": "contrib"},
+        ),
+    )
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
         "MlpPolicy": MlpPolicy,
         "CnnPolicy": CnnPolicy,
