@@ -489,9 +489,7 @@ class TrustHealthCallback(BaseCallback):
                 lines.append(f"{rule.name:<20}{'not checked':>10}{'':>8}{'':>8}{'':>10}  {rule.healthy}")
                 continue
             first, last = (str(updates[0]), str(updates[-1])) if updates else ("-", "-")
-            lines.append(
-                f"{rule.name:<20}{len(updates):>4}/{n_updates:<5}{first:>8}{last:>8}{warned:>10}  {rule.healthy}"
-            )
+            lines.append(f"{rule.name:<20}{len(updates):>4}/{n_updates:<5}{first:>8}{last:>8}{warned:>10}  {rule.healthy}")
         for rule in HEALTH_RULES:
             if rule.name in self.broken_rules():
                 lines.append(f"- {rule.name}: try {rule.advice}")
