@@ -234,7 +234,7 @@ HEALTH_RULES: tuple[HealthRule, ...] = (
     ),
     HealthRule(
         "advantages",
-        "raw advantages roughly symmetric, mean near 0",
+        "raw advantages centred: |mean| small next to the returns",
         "tune the value function (vf_coef, its learning rate, more epochs), check gamma / gae_lambda, "
         "normalise or clip the rewards (VecNormalize)",
         check_advantages,
@@ -318,7 +318,8 @@ class TrustHealthCallback(BaseCallback):
     again only after it has been healthy in between: once per stretch, not every update.
 
     **Logged keys**: ``health/<rule>`` (1 broken, 0 healthy; not logged when not checked), ``health/n_broken``,
-    ``health/adv_mean``, ``health/adv_std``, ``health/adv_skew``, ``health/adv_clip_fraction`` (per rollout), and a
+    ``health/adv_mean``, ``health/adv_std``, ``health/adv_skew``, ``health/adv_clip_fraction``, ``health/adv_bias``
+    (per rollout; see :func:`advantage_statistics`), and a
     histogram ``health/advantages`` when the logger writes to TensorBoard.
 
     :param thresholds: the thresholds: a :class:`HealthThresholds`, or a dict of the fields to change
@@ -436,7 +437,7 @@ class TrustHealthCallback(BaseCallback):
         broken (the callback calls this; it is public to check hand-built histories).
 
         :param row: the update's values (keys: ``kl``, ``clip_fraction``, ``entropy``, ``ratio_max``,
-            ``ratio_mean``, ``adv_mean``, ``adv_std``, ``adv_skew``, ``explained_variance``, ``return``, ...)
+            ``ratio_mean``, ``adv_bias``, ``adv_skew``, ``explained_variance``, ``return``, ``timesteps``, ...)
         :return: each rule's result (``None``: not checked)
         """
         self.history.append(row)
@@ -492,7 +493,7 @@ class TrustHealthCallback(BaseCallback):
             lines.append(f"{rule.name:<20}{len(updates):>4}/{n_updates:<5}{first:>8}{last:>8}{warned:>10}  {rule.healthy}")
         for rule in HEALTH_RULES:
             if rule.name in self.broken_rules():
-                lines.append(f"- {rule.name}: try {rule.advice}")
+                lines.append(f"- {rule.name}, try: {rule.advice}")
         return "\n".join(lines)
 
     def plot(self, path: str | None = None) -> Any:
@@ -509,10 +510,11 @@ class TrustHealthCallback(BaseCallback):
             matplotlib.use("Agg", force=False)
         import matplotlib.pyplot as plt
 
+        initial = _first(self.history, "entropy")  # the entropy rule's floor is a fraction of the first entropy
         panels = (
             ("kl", "kl", "KL per update", self.thresholds.kl_max),
             ("clip_fraction", "clip_fraction", "clip fraction", self.thresholds.clip_fraction_max),
-            ("entropy", "entropy", "entropy", None),
+            ("entropy", "entropy", "entropy", None if initial is None else self.thresholds.entropy_min_fraction * initial),
             ("explained_variance", "explained_variance", "explained variance", self.thresholds.explained_variance_min),
             ("return", "returns", "mean episode return", None),
         )
