@@ -30,12 +30,16 @@ from sb3_trust import TrustPPO  # noqa: E402
 from sb3_trust.common.schedules import CosineSchedule, LinearSchedule  # noqa: E402
 from sb3_trust.zoo import (  # noqa: E402
     ZOO_ALGOS,
+    ZOO_CONFIG_KEYS,
+    TrustExperimentManager,
     ZooConfigError,
+    check_hyperparams,
     default_config_path,
     main,
     parse_schedule,
     register_zoo,
     samplers,
+    zoo_config_path,
 )
 
 pytestmark = pytest.mark.zoo
@@ -157,6 +161,46 @@ def test_packaged_config(key):
 
 
 @pytest.mark.parametrize("key", KEYS)
+def test_every_env_id_that_rl_zoo3_tunes_gets_its_values(tmp_path, monkeypatch, capsys, key):
+    """
+    An env id that our file does not list but rl-zoo3's ppo.yml / trpo.yml tunes runs with rl-zoo3's values (plus the
+    key's variant), not with our ``default`` entry, and says where they came from. Every key they set is one the
+    algorithm accepts.
+    """
+    import argparse
+
+    import gymnasium as gym
+
+    algos = registered()
+    algo = ZOO_ALGOS[key]
+    zoo_path = zoo_config_path(algo.zoo_base)
+    zoo, ours = load_yml(zoo_path), load_yml(default_config_path(key))
+    env_ids = [name for name in zoo if name not in ("default", "atari")]
+    assert len(env_ids) > 20
+    for env_id in env_ids:
+        if env_id not in gym.envs.registry:
+            # PyBullet, MiniGrid and old MuJoCo ids need packages not installed here: rl-zoo3 only looks up their entry
+            # point before reading the config
+            monkeypatch.setitem(gym.envs.registry, env_id, gym.envs.registry["CartPole-v1"])
+        manager = TrustExperimentManager(argparse.Namespace(), key, env_id, str(tmp_path))
+        hyperparams, _ = manager.read_hyperparameters()
+        if env_id in ours:  # our own copy (test_packaged_config holds it to rl-zoo3's)
+            assert manager.config == default_config_path(key)
+            continue
+        assert manager.config == zoo_path
+        assert f"No entry for {env_id}" in capsys.readouterr().out
+        expected = {**algo.defaults, **zoo[env_id]}
+        assert hyperparams == expected, env_id
+        passed = {name: value for name, value in hyperparams.items() if name not in ZOO_CONFIG_KEYS}
+        check_hyperparams(key, algos[key], passed, where=f" --env {env_id}")
+    # A config file given on the command line is read as is: no fallback
+    conf = tmp_path / "mine.yml"
+    conf.write_text("default:\n  policy: MlpPolicy\n  n_timesteps: 100\n")
+    manager = TrustExperimentManager(argparse.Namespace(), key, "MountainCar-v0", str(tmp_path), config=str(conf))
+    assert manager.read_hyperparameters()[0]["n_timesteps"] == 100 and manager.config == str(conf)
+
+
+@pytest.mark.parametrize("key", KEYS)
 def test_every_packaged_entry_trains(tmp_path, key):
     """Each env entry of the file builds its envs (wrappers, normalization) and model, and trains a few steps."""
     for env_id in REQUIRED_ENVS[1:]:
@@ -230,8 +274,9 @@ def test_tensorboard_log(tmp_path):
 
 
 def test_default_entry_schedules_and_variant_defaults(tmp_path):
-    # An env id that the file does not list runs with its `default` entry (rl-zoo3's own fallback)
-    env_id = "MountainCarContinuous-v0"
+    # An env id that neither our file nor rl-zoo3's lists runs with our `default` entry (rl-zoo3's own fallback)
+    env_id = "InvertedPendulum-v4"
+    assert env_id not in load_yml(default_config_path("trust_ppo_kl_fixed")) and env_id not in zoo_yml("ppo")
     run(
         f"train --algo trust_ppo_kl_fixed --env {env_id} -n 128 -f {tmp_path} {QUIET} "
         f"--hyperparams {TINY} kl_coef:'cos_3.0' learning_rate:'cos_1e-3_1e-4'"
@@ -382,6 +427,18 @@ def test_optimize_into_sqlite_then_train_a_trial(tmp_path, monkeypatch, key, kno
     )
     assert saved[knob] == study.trials[1].params[knob]
     assert saved["gamma"] == pytest.approx(1 - study.trials[1].params["one_minus_gamma"])
+
+    # Trial 0 too (rl-zoo3 alone skips it: it tests `if trial_id:`), and --hyperparams still has the last word
+    run(
+        f"train --algo {key} --env CartPole-v1 -n 64 -f {tmp_path} {QUIET} --storage {storage} --study-name study "
+        f"--trial-id 0 --hyperparams {TINY}"
+    )
+    saved = yaml.load(
+        (run_folder(tmp_path, key, "CartPole-v1", 3) / "CartPole-v1" / "config.yml").read_text(),
+        Loader=yaml.UnsafeLoader,
+    )
+    assert saved["gamma"] == pytest.approx(1 - study.trials[0].params["one_minus_gamma"])
+    assert saved[knob] == study.trials[0].params[knob] and saved["n_steps"] == 64
 
 
 @pytest.mark.parametrize("env_id", ENVS)

@@ -17,7 +17,11 @@ trust_npg            TrustNPG        ``step_rule: npg`` (natural policy gradient
 
 What ``train`` adds to rl-zoo3's (through ``TrustExperimentManager``, for our keys only):
 
-- ``--conf-file`` defaults to the ``hyperparams/<key>.yml`` shipped inside the installed package;
+- ``--conf-file`` defaults to the ``hyperparams/<key>.yml`` shipped inside the installed package; an env id that it has
+  no entry for but that the installed rl-zoo3 tunes for the base algorithm (its ``ppo.yml`` for the TrustPPO keys,
+  ``trpo.yml`` for TrustTRPO and TrustNPG: the keywords are the same) gets rl-zoo3's values, with a line saying so,
+  rather than our ``default`` entry;
+- ``--trial-id 0`` loads trial 0 of the Optuna study (rl-zoo3 alone skips it);
 - the settings that define a key's variant are filled in when a config leaves them out, with a warning when a config
   contradicts them;
 - every config key must be a keyword of the algorithm or one of rl-zoo3's own keys, otherwise the run stops before
@@ -52,6 +56,7 @@ from typing import Any
 try:
     import rl_zoo3
     import rl_zoo3.train
+    import yaml
     from rl_zoo3.exp_manager import ExperimentManager
     from rl_zoo3.hyperparams_opt import HYPERPARAMS_CONVERTER, HYPERPARAMS_SAMPLER
 except ImportError as e:  # pragma: no cover - depends on the install
@@ -65,6 +70,7 @@ from sb3_trust.zoo import samplers
 
 __all__ = [
     "ZOO_ALGOS",
+    "ZOO_CONFIG_KEYS",
     "TrustExperimentManager",
     "ZooAlgo",
     "ZooConfigError",
@@ -73,6 +79,7 @@ __all__ = [
     "main",
     "parse_schedule",
     "register_zoo",
+    "zoo_config_path",
 ]
 
 
@@ -95,6 +102,7 @@ class ZooAlgo:
     :param defaults: settings that define the variant, filled in when the config leaves them out
     :param variant: what a config must have to be this variant: ``{name: value}`` (``NOT_NONE``: any value but None)
     :param description: one line for ``--help``
+    :param zoo_base: rl-zoo3's key whose ``hyperparams/<zoo_base>.yml`` serves the env ids our file has no entry for
     """
 
     key: str
@@ -103,6 +111,7 @@ class ZooAlgo:
     defaults: dict[str, Any] = field(default_factory=dict)
     variant: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    zoo_base: str = "ppo"
 
     def load(self) -> type[BaseAlgorithm]:
         """
@@ -150,6 +159,7 @@ ZOO_ALGOS: dict[str, ZooAlgo] = {
             defaults={"step_rule": "line_search"},
             variant={"step_rule": "line_search"},
             description="TrustTRPO (trust region, conjugate gradient, line search)",
+            zoo_base="trpo",
         ),
         ZooAlgo(
             "trust_npg",
@@ -158,6 +168,7 @@ ZOO_ALGOS: dict[str, ZooAlgo] = {
             defaults={"step_rule": "npg"},
             variant={"step_rule": "npg"},
             description="TrustNPG (natural policy gradient: TRPO's step without line search)",
+            zoo_base="trpo",
         ),
     )
 }
@@ -200,6 +211,14 @@ def default_config_path(key: str) -> str:
     :return: path of ``hyperparams/<key>.yml`` inside the installed package
     """
     return str(resources.files("sb3_trust").joinpath("hyperparams", f"{key}.yml"))
+
+
+def zoo_config_path(zoo_key: str) -> str:
+    """
+    :param zoo_key: one of rl-zoo3's keys (``ppo``, ``trpo``)
+    :return: path of rl-zoo3's own ``hyperparams/<zoo_key>.yml`` (the installed rl-zoo3's)
+    """
+    return os.path.join(os.path.dirname(rl_zoo3.__file__), "hyperparams", f"{zoo_key}.yml")
 
 
 def register_zoo() -> dict[str, type[BaseAlgorithm]]:
@@ -344,11 +363,29 @@ class TrustExperimentManager(ExperimentManager):
     def _zoo_algo(self) -> ZooAlgo | None:
         return ZOO_ALGOS.get(self.algo)
 
+    def _has_entry(self, path: str) -> bool:
+        """:return: whether the yml file at ``path`` has an entry for this env id (``atari`` for an Atari env)"""
+        with open(path) as file:
+            entries = yaml.safe_load(file) or {}
+        return self.env_name.gym_id in entries or (self._is_atari and "atari" in entries)
+
     def read_hyperparameters(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        hyperparams, saved_hyperparams = super().read_hyperparameters()
         algo = self._zoo_algo
         if algo is None:
-            return hyperparams, saved_hyperparams
+            return super().read_hyperparameters()
+        # Our packaged file lists the env ids we ship values for; any other env id that rl-zoo3 tunes for the base
+        # algorithm gets rl-zoo3's values (the keywords are the same) rather than our `default` entry
+        if self.config == default_config_path(self.algo) and not self._has_entry(self.config):
+            zoo_path = zoo_config_path(algo.zoo_base)
+            if self._has_entry(zoo_path):
+                print(f"No entry for {self.env_name.gym_id} in {self.config}: the values of rl-zoo3's {zoo_path}")
+                self.config = zoo_path
+        hyperparams, saved_hyperparams = super().read_hyperparameters()
+        if self.trial_id == 0 and self.storage and self.study_name:
+            # rl-zoo3 tests `if self.trial_id:`, which skips trial 0; same order as rl-zoo3: config < trial < --hyperparams
+            print("Loading from Optuna study...")
+            hyperparams.update(self.load_trial(self.storage, self.study_name, self.trial_id))
+            hyperparams.update(self.custom_hyperparams or {})
         accepted = accepted_keywords(rl_zoo3.ALGOS[self.algo])
         # A config that sets the variant's keys otherwise runs as configured (with a warning); one that leaves them
         # out gets the variant's defaults
