@@ -415,30 +415,19 @@ def test_optimize_into_sqlite_then_train_a_trial(tmp_path, monkeypatch, key, kno
     assert all(knob in trial.params for trial in trials)
     assert list((tmp_path / key).glob("report_CartPole-v1_2-trials-256-random-median_*.csv"))
 
-    # Train with a stored trial's parameters (--trial-id goes through our converter)
-    run(
-        f"train --algo {key} --env CartPole-v1 -n 64 -f {tmp_path} {QUIET} --storage {storage} --study-name study "
-        f"--trial-id 1 --hyperparams {TINY}"
-    )
-    saved = yaml.load(
-        # run 1 is the optimization's (rl-zoo3 creates its folder too)
-        (run_folder(tmp_path, key, "CartPole-v1", 2) / "CartPole-v1" / "config.yml").read_text(),
-        Loader=yaml.UnsafeLoader,
-    )
-    assert saved[knob] == study.trials[1].params[knob]
-    assert saved["gamma"] == pytest.approx(1 - study.trials[1].params["one_minus_gamma"])
-
-    # Trial 0 too (rl-zoo3 alone skips it: it tests `if trial_id:`), and --hyperparams still has the last word
-    run(
-        f"train --algo {key} --env CartPole-v1 -n 64 -f {tmp_path} {QUIET} --storage {storage} --study-name study "
-        f"--trial-id 0 --hyperparams {TINY}"
-    )
-    saved = yaml.load(
-        (run_folder(tmp_path, key, "CartPole-v1", 3) / "CartPole-v1" / "config.yml").read_text(),
-        Loader=yaml.UnsafeLoader,
-    )
-    assert saved["gamma"] == pytest.approx(1 - study.trials[0].params["one_minus_gamma"])
-    assert saved[knob] == study.trials[0].params[knob] and saved["n_steps"] == 64
+    # Train with a stored trial's parameters (--trial-id goes through our converter), trial 0 too (rl-zoo3 alone skips
+    # it: it tests `if trial_id:`); --hyperparams still has the last word. Run 1 is the optimization's folder.
+    for run_id, trial_id in ((2, 1), (3, 0)):
+        run(
+            f"train --algo {key} --env CartPole-v1 -n 64 -f {tmp_path} {QUIET} --storage {storage} --study-name study "
+            f"--trial-id {trial_id} --hyperparams {TINY}"
+        )
+        saved = yaml.load(
+            (run_folder(tmp_path, key, "CartPole-v1", run_id) / "CartPole-v1" / "config.yml").read_text(),
+            Loader=yaml.UnsafeLoader,
+        )
+        assert saved[knob] == study.trials[trial_id].params[knob] and saved["n_steps"] == 64
+        assert saved["gamma"] == pytest.approx(1 - study.trials[trial_id].params["one_minus_gamma"])
 
 
 @pytest.mark.parametrize("env_id", ENVS)
