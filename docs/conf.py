@@ -45,7 +45,7 @@ sb3_trust_included_pages = {
 
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
-autodoc_default_options = {"members": True, "show-inheritance": True}
+autodoc_default_options = {"show-inheritance": True}
 # The docstrings are reST with :param: fields (as SB3's); napoleon only for the odd Google-style section
 napoleon_google_docstring = False
 napoleon_numpy_docstring = False
