@@ -5,14 +5,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-fast compare lint format check-codestyle clean
+.PHONY: setup test test-fast compare lint format check-codestyle docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# The CPU build of torch first: an unpinned torch would pull several GB of CUDA packages
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev,benchmarks,ray,fast]"
+	$(BIN)/pip install -q -e ".[dev,benchmarks,ray,fast,docs]"
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -43,5 +43,9 @@ format: $(STAMP)
 check-codestyle: $(STAMP)
 	$(BIN)/ruff format --check sb3_trust tests benchmarks
 
+# The documentation site (docs/), every warning an error; open docs/_build/html/index.html
+docs: $(STAMP)
+	$(BIN)/sphinx-build -W --keep-going -b html docs docs/_build/html
+
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache docs/_build

@@ -1,5 +1,5 @@
 """
-The README's example of the training health monitor: TrustPPO on CartPole-v1 with a learning rate 150 times too
+The example of the training health monitor in docs/health.md: TrustPPO on CartPole-v1 with a learning rate 150 times too
 large. Prints the warnings and the summary, and saves the figure (``python docs/health_example.py``).
 """
 

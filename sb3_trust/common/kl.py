@@ -1,7 +1,7 @@
 """
 Exact KL divergences between SB3 action distributions, and the adaptive KL-coefficient controller.
 
-Conventions used throughout ``sb3_trust`` (see the README, "Semantics"):
+Conventions used throughout ``sb3_trust`` (see the docs, docs/variants.md, "Semantics, where libraries differ"):
 
 - ``exact_kl(p, q)`` is KL(p ‖ q), computed in closed form from the distributions' parameters and
   **summed over independent action dimensions**, so it returns one value per state (shape ``[batch]``).

@@ -61,7 +61,7 @@ class TrustTRPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
     Reference implementation: sb3-contrib's ``TRPO`` 2.9, whose keywords this class accepts with the same meaning and
     defaults; with ``kl_convention="contrib"`` it reproduces contrib's updates (same RNG use, same operations).
 
-    One update (``train()``; the README's "TrustTRPO and TrustNPG" section has the details and the logged keys):
+    One update (``train()``; docs/trpo.md has the details and the logged keys):
 
     1. **Actor step** on the whole rollout (every ``sub_sampling_factor``-th sample), advantages normalised over it.
        CG solves ``(F + cg_damping I) s = g`` for the surrogate's gradient ``g``, ``F`` being the Hessian of the mean KL
