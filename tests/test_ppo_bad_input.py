@@ -110,3 +110,10 @@ def test_valid_extremes_are_accepted():
     # SB3 allows these; we must too (drop-in)
     TrustPPO("MlpPolicy", "CartPole-v1", n_steps=64, batch_size=64, gamma=1.0, gae_lambda=0.0, ent_coef=-0.01)
     TrustPPO("MlpPolicy", SpaceEnv(spaces.Box(-1, 1, (2,), np.float32)), n_steps=64, batch_size=1, normalize_advantage=False)
+
+
+def test_warnings_point_at_the_users_call():
+    """A warning is attributed to the user's line (here, this file), not to the library line that found the problem."""
+    with pytest.warns(UserWarning, match="mini-batch size") as record:
+        TrustPPO("MlpPolicy", "CartPole-v1", n_steps=100, batch_size=64)
+    assert [warning.filename for warning in record] == [__file__]

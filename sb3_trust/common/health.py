@@ -13,7 +13,6 @@ A rule whose inputs were not logged (SB3 PPO logs no ratios, TRPO no entropy los
 
 import dataclasses
 import math
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +21,8 @@ import numpy as np
 import torch as th
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import TensorBoardOutputFormat
+
+from sb3_trust.common.messages import warn
 
 
 class HealthWarning(UserWarning):
@@ -464,7 +465,7 @@ class TrustHealthCallback(BaseCallback):
         message = f"training health: {rule.name} broken at update {update}: {detail}. Try: {rule.advice}"
         self.events.append((update, rule.name, message))
         if self.warn:
-            warnings.warn(message, HealthWarning, stacklevel=2)
+            warn(message, HealthWarning)
         if self.verbose >= 1:
             print(message)
 

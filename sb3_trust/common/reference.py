@@ -287,11 +287,12 @@ def setup_reference(algo: Any) -> None:
     reference = ReferencePolicy(source, algo.observation_space, algo.action_space, algo.device)
     recorded = algo.reference_policy_fingerprint
     if recorded is not None and recorded != reference.fingerprint:
-        import warnings
+        from sb3_trust.common.messages import warn
 
-        warnings.warn(
+        warn(
             f"The reference policy at {algo.reference_policy!r} is not the one this model was trained with "
-            f"(fingerprint {reference.fingerprint}, recorded {recorded})"
+            f"(fingerprint {reference.fingerprint}, recorded {recorded}): put the original file back at that path, or "
+            "call set_reference_policy(...) with the policy to continue from (the new one is then recorded)"
         )
     algo.reference_policy_fingerprint = reference.fingerprint
     algo._reference = reference

@@ -9,7 +9,6 @@ import io
 import json
 import os
 import pathlib
-import warnings
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -20,6 +19,8 @@ from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
+
+from sb3_trust.common.messages import warn
 
 NON_FINITE_ACTIONS = ("raise", "skip")
 
@@ -227,7 +228,10 @@ def handle_non_finite(algo: Any, problem: str) -> None:
     if algo.on_non_finite == "raise":
         raise NonFiniteError(f"{name}: {message}. Pass on_non_finite='skip' to skip such updates.")
     algo._n_skipped_updates += 1
-    warnings.warn(f"{name}: {message}; skipped ({algo._n_skipped_updates} so far)")
+    warn(
+        f"{name}: {message}; skipped ({algo._n_skipped_updates} so far, see `train/skipped_updates`). "
+        "on_non_finite='raise' stops at the first one instead"
+    )
     algo.logger.record("train/skipped_updates", algo._n_skipped_updates)
 
 

@@ -6,11 +6,12 @@ what is allowed, so that a wrong setting fails in the constructor, before any tr
 """
 
 import math
-import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from gymnasium import spaces
+
+from sb3_trust.common.messages import warn
 
 SUPPORTED_ACTION_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
 
@@ -141,7 +142,7 @@ def check_rollout_sizes(
             "Choose a batch size that does not leave a remainder of 1."
         )
     if buffer_size % batch_size > 0:
-        warnings.warn(
+        warn(
             f"You have specified a mini-batch size of {batch_size},"
             f" but because the `RolloutBuffer` is of size `n_steps * n_envs = {buffer_size}`,"
             f" after every {buffer_size // batch_size} untruncated mini-batches,"

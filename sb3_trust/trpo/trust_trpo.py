@@ -1,7 +1,6 @@
 import copy
 import math
 import os
-import warnings
 from typing import Any, ClassVar, Literal, TypeVar
 
 import numpy as np
@@ -19,6 +18,7 @@ from torch.nn import functional as F
 from sb3_trust import accel
 from sb3_trust.common.base import TrustAlgorithmMixin
 from sb3_trust.common.kl import exact_kl
+from sb3_trust.common.messages import warn
 from sb3_trust.common.reference import (
     REFERENCE_EXCLUDED_SAVE_PARAMS,
     after_update,
@@ -312,9 +312,10 @@ class TrustTRPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
 
     def _skip_actor_step(self, what: str, policy_objective: float, cg_residual: float = math.nan) -> ActorStepStats:
         self._n_actor_steps_skipped += 1
-        warnings.warn(
+        warn(
             f"{type(self).__name__}: non-finite {what} at update {self._n_updates + 1}, the actor step is skipped "
-            f"({self._n_actor_steps_skipped} skipped so far, see `train/actor_step_skipped`)"
+            f"({self._n_actor_steps_skipped} skipped so far, see `train/actor_step_skipped`). Usual causes: a too large "
+            "target_kl, unnormalised observations or rewards (VecNormalize), a too small cg_damping"
         )
         no_step = LineSearchResult(False, 0, 0.0, 0.0, 0.0, 0.0)
         return ActorStepStats(policy_objective, no_step, 0.0, 0.0, cg_residual, True)
@@ -468,9 +469,10 @@ class TrustTRPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
             for param, flag in zip(actor_params, requires_grad, strict=True):
                 param.requires_grad_(flag)
         if n_skipped > 0:
-            warnings.warn(
+            warn(
                 f"{type(self).__name__}: non-finite value loss in {n_skipped} critic minibatch(es) at update "
-                f"{self._n_updates + 1}, skipped (see `train/critic_step_skipped`)"
+                f"{self._n_updates + 1}, skipped (see `train/critic_step_skipped`). Usual causes: unnormalised rewards "
+                "(VecNormalize), a too large learning_rate"
             )
         return value_losses, n_skipped
 

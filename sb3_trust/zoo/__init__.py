@@ -394,7 +394,8 @@ class TrustExperimentManager(ExperimentManager):
         if mismatches:
             warnings.warn(
                 f"The config is not the variant of --algo {self.algo} ({algo.description}): {', '.join(mismatches)}. "
-                f"It will run as configured, but be logged under {self.log_folder}/{self.algo}/.",
+                f"It will run as configured, but be logged under {self.log_folder}/{self.algo}/. Use the key of that "
+                "variant, or remove these settings, to silence this warning.",
                 UserWarning,
             )
         else:
