@@ -200,6 +200,25 @@ def test_every_env_id_that_rl_zoo3_tunes_gets_its_values(tmp_path, monkeypatch, 
     assert manager.read_hyperparameters()[0]["n_timesteps"] == 100 and manager.config == str(conf)
 
 
+@pytest.mark.parametrize("key", ["trust_ppo", "trust_ppo_kl"])
+def test_atari_through_the_zoo_atari_entry(tmp_path, key):
+    """
+    An Atari env through the `atari` entry (rl-zoo3's, copied): AtariWrapper (84x84 grey frames), frame_stack 4, CnnPolicy,
+    linear schedules; then enjoy with the same wrappers.
+    """
+    pytest.importorskip("ale_py", reason="ale-py (Atari ROMs) is not installed")
+    pytest.importorskip("cv2", reason="opencv (AtariWrapper) is not installed")
+    env_id = "PongNoFrameskip-v4"
+    run(
+        f"train --algo {key} --env {env_id} -n 128 -f {tmp_path} {QUIET} "
+        "--hyperparams n_envs:2 n_steps:32 batch_size:32 n_epochs:1"
+    )
+    model = TrustPPO.load(run_folder(tmp_path, key, env_id) / f"{env_id}.zip")
+    assert type(model.policy).__name__ == "ActorCriticCnnPolicy"
+    assert model.observation_space.shape == (4, 84, 84) and model.num_timesteps == 128
+    run(f"enjoy --algo {key} --env {env_id} -f {tmp_path} -n 20 --no-render")
+
+
 @pytest.mark.parametrize("key", KEYS)
 def test_every_packaged_entry_trains(tmp_path, key):
     """Each env entry of the file builds its envs (wrappers, normalization) and model, and trains a few steps."""
