@@ -14,6 +14,7 @@ from stable_baselines3.common.utils import FloatSchedule, explained_variance
 from sb3_trust import accel
 from sb3_trust.common.base import TrustAlgorithmMixin
 from sb3_trust.common.kl import AdaptiveKLController, approx_kl_k3, exact_kl, rollout_kl
+from sb3_trust.common.learning_rates import AdaptiveLearningRate, split_optimizer
 from sb3_trust.common.losses import normalize_advantages, value_loss
 from sb3_trust.common.policy_utils import evaluate_actions_with_distribution, frozen_copy
 from sb3_trust.common.reference import (
@@ -31,8 +32,8 @@ from sb3_trust.common.validation import (
     check_rollout_sizes,
     check_schedule_value,
 )
-from sb3_trust.ppo.losses import POLICY_LOSSES
-from sb3_trust.ppo.validation import check_trust_ppo_kwargs
+from sb3_trust.ppo.losses import POLICY_LOSSES, outside_trust_region
+from sb3_trust.ppo.validation import KEYWORD_LOWER_BOUNDS, check_trust_ppo_kwargs
 
 SelfTrustPPO = TypeVar("SelfTrustPPO", bound="TrustPPO")
 
@@ -76,8 +77,10 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
     :param n_epochs: Number of epoch when optimizing the surrogate loss
     :param gamma: Discount factor
     :param gae_lambda: Factor for trade-off of bias vs variance for Generalized Advantage Estimator
-    :param clip_range: Clipping parameter ε of the clipped surrogate, it can be a function of the current progress
-        remaining (from 1 to 0). Only used by ``policy_loss="clip"`` (it is still used for the logged clip fraction).
+    :param clip_range: Clipping parameter ε, it can be a function of the current progress remaining (from 1 to 0):
+        the clip range of ``"clip"`` and ``"dual_clip"``, the trust region of ``"spo"``; whatever the loss,
+        ``train/clip_fraction`` is the fraction of ratios outside ``[1 - ε, 1 + ε]`` (``[1 - ε_low, 1 + ε_high]`` for
+        ``"clip_higher"``)
     :param clip_range_vf: Clipping parameter for the value function,
         it can be a function of the current progress remaining (from 1 to 0).
         This is a parameter specific to the OpenAI implementation. If None is passed (default),
@@ -98,12 +101,25 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         see issue #213 (cf https://github.com/hill-a/stable-baselines/issues/213)
         By default, there is no limit on the kl div.
     :param policy_loss: NEW. The policy loss, a name of the registry ``sb3_trust.ppo.losses.POLICY_LOSSES``:
-        ``"clip"`` (PPO-clip), ``"kl_penalty"`` (PPO-Penalty, fixed or adaptive β) or ``"unclipped"`` (``-mean(r·A)``)
+        ``"clip"`` (PPO-clip), ``"kl_penalty"`` (PPO-Penalty, fixed or adaptive β), ``"unclipped"`` (``-mean(r·A)``),
+        ``"dual_clip"`` (dual-clip PPO), ``"clip_higher"`` (DAPO's asymmetric clipping) or ``"spo"`` (SPO)
     :param kl_coef: NEW. β, the coefficient of the KL penalty (``policy_loss="kl_penalty"``): the fixed value,
         a schedule, or the initial value of the adaptive rule
     :param adaptive_kl_target: NEW. d_targ of the adaptive rule of the PPO paper: after each update, β is doubled if the
         mean KL over the rollout exceeds ``1.5 * d_targ`` and halved if it is below ``d_targ / 1.5``, then clipped to
         ``[1e-4, 1e4]``. ``None`` (default) keeps β fixed (or scheduled).
+    :param dual_clip: NEW. c > 1 of ``policy_loss="dual_clip"``: for A < 0 the loss is bounded by ``c·A`` (default 3)
+    :param clip_range_low: NEW. ε_low of ``policy_loss="clip_higher"`` (float or schedule); ``None``: ``clip_range``
+    :param clip_range_high: NEW. ε_high of ``policy_loss="clip_higher"`` (float or schedule); ``None``: ``clip_range``
+    :param adaptive_lr_kl_target: NEW. KL-adaptive learning rate (rl_games, RSL-RL): after each update the (actor's)
+        learning rate is divided by 1.5 if the exact KL(π_old ‖ π_new) exceeds ``2 * target``, multiplied by 1.5 if it is
+        below ``target / 2``, and kept in ``adaptive_lr_bounds``; ``learning_rate`` (a float) is the initial value.
+        ``None`` (default): SB3's schedule.
+    :param adaptive_lr_bounds: NEW. ``(low, high)`` bounds of the adaptive learning rate (default RSL-RL's (1e-5, 1e-2))
+    :param vf_learning_rate: NEW. The value function's learning rate (float or schedule): the optimizer gets two
+        parameter groups, the actor's (with a shared features extractor) at ``learning_rate`` and the critic's
+        (``mlp_extractor.value_net``, ``value_net``, a separate ``vf_features_extractor``) at this rate. ``None``
+        (default): one group, SB3's optimizer.
     :param vf_clip_mode: NEW. How ``clip_range_vf`` clips the value loss: ``"sb3"`` (default, SB3: the MSE of the
         clipped prediction ``mean((R - V_clip)²)``) or ``"max"`` (OpenAI Baselines/CleanRL: the pessimistic
         ``mean(max((R - V)², (R - V_clip)²))``), with ``V_clip = V_old + clip(V - V_old, -ε_v, ε_v)``.
@@ -165,6 +181,12 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         policy_loss: str = "clip",
         kl_coef: float | Schedule = 1.0,
         adaptive_kl_target: float | None = None,
+        dual_clip: float = 3.0,
+        clip_range_low: float | Schedule | None = None,
+        clip_range_high: float | Schedule | None = None,
+        adaptive_lr_kl_target: float | None = None,
+        adaptive_lr_bounds: tuple[float, float] = (1e-5, 1e-2),
+        vf_learning_rate: float | Schedule | None = None,
         vf_clip_mode: str = "sb3",
         on_non_finite: str = "raise",
         reference_policy: "str | os.PathLike | BaseAlgorithm | ActorCriticPolicy | None" = None,
@@ -221,6 +243,10 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         self.policy_loss = policy_loss
         self.kl_coef = kl_coef
         self.adaptive_kl_target = adaptive_kl_target
+        self.dual_clip = dual_clip
+        self.clip_range_low, self.clip_range_high = clip_range_low, clip_range_high
+        self.adaptive_lr_kl_target, self.adaptive_lr_bounds = adaptive_lr_kl_target, tuple(adaptive_lr_bounds)
+        self.vf_learning_rate = vf_learning_rate
         self.vf_clip_mode = vf_clip_mode
         self.on_non_finite = on_non_finite
         self.backend = backend
@@ -229,6 +255,8 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         # Training state lives here, not in _setup_model(), which load() calls again after restoring it.
         # The current β: adapted after each update when adaptive_kl_target is set.
         self._kl_coef = float(kl_coef(1.0) if callable(kl_coef) else kl_coef)
+        # The current (actor's) learning rate when adaptive_lr_kl_target is set, adapted after each update
+        self._adaptive_learning_rate = None if callable(learning_rate) else float(learning_rate)
         # Updates skipped because of non-finite numbers (on_non_finite="skip")
         self._n_skipped_updates = 0
         # KL penalty toward a frozen reference policy (RLHF): settings, current β, the frozen policy
@@ -245,6 +273,9 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
             self.clip_range_vf = FloatSchedule(self.clip_range_vf)
         self.ent_coef_schedule = FloatSchedule(self.ent_coef)
         self.kl_coef_schedule = FloatSchedule(self.kl_coef)
+        if self.vf_learning_rate is not None:  # two parameter groups (None: SB3's optimizer, untouched)
+            self.vf_lr_schedule = FloatSchedule(self.vf_learning_rate)
+            split_optimizer(self.policy, self.lr_schedule(1.0), self.vf_lr_schedule(1.0))  # type: ignore[arg-type]
         setup_reference(self)
         # π_old: a frozen copy of the policy at the start of each update (never saved)
         self._old_policy: ActorCriticPolicy | None = None
@@ -268,7 +299,7 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         Update policy using the currently gathered rollout buffer. Non-finite numbers and interruptions leave the
         policy, the optimizer and the counters as they were before the update (see ``on_non_finite``).
         """
-        guarded_update(self, self._update, ("_n_updates", "_kl_coef", "_reference_kl_coef"))
+        guarded_update(self, self._update, ("_n_updates", "_kl_coef", "_reference_kl_coef", "_adaptive_learning_rate"))
 
     def _update(self) -> None:
         """One update: ``n_epochs`` passes over the rollout in minibatches, SB3 PPO's loop."""
@@ -317,8 +348,7 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         explained_var = explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten())
         # Exact KL(π_old ‖ π_new) over the rollout after the whole update: logged, and drives the adaptive β
         kl = rollout_kl(old_policy, self.policy, self.rollout_buffer)  # type: ignore[arg-type]
-        if self.adaptive_kl_target is not None:
-            self._kl_coef = AdaptiveKLController(self.adaptive_kl_target).update(self._kl_coef, kl)
+        self._adapt(kl)
         # KL(π ‖ π_ref) after the update: logged, and drives the reference β controller if any
         after_update(self)
 
@@ -337,6 +367,8 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
             self.logger.record("train/std", th.exp(self.policy.log_std).mean().item())
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
         self.logger.record("train/clip_range", settings.clip_range)
+        for name, value in settings.loss_kwargs.items():  # the loss's own keywords (dual_clip, clip_range_low, ...)
+            self.logger.record(f"train/{name}", value)
         if settings.clip_range_vf is not None:
             self.logger.record("train/clip_range_vf", settings.clip_range_vf)
             self.logger.record("train/value_clip_fraction", mean("value_clip_fraction"))
@@ -348,6 +380,14 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         self.logger.record("train/ratio_max", max(stats.ratio_max for stats in minibatches))
         self.logger.record("train/ratio_mean", mean("ratio_mean"))
         self.logger.record("train/ent_coef", settings.ent_coef)
+
+    def _adapt(self, kl: float) -> None:
+        """The adaptive rules, from the exact KL(π_old ‖ π_new) of the update just done: β and the learning rate."""
+        if self.adaptive_kl_target is not None:
+            self._kl_coef = AdaptiveKLController(self.adaptive_kl_target).update(self._kl_coef, kl)
+        if self.adaptive_lr_kl_target is not None:  # set in the optimizer by the next update's _update_learning_rate
+            rule = AdaptiveLearningRate(self.adaptive_lr_kl_target, *self.adaptive_lr_bounds)
+            self._adaptive_learning_rate = rule.update(self._adaptive_learning_rate, kl)  # type: ignore[arg-type]
 
     def _reference_step(self, rollout_data: RolloutBufferSamples, settings: LossSettings) -> MinibatchStats:
         """
@@ -419,7 +459,11 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
                 entropy_loss=entropy_loss.item(),
                 loss=loss.item(),
                 approx_kl=float(approx_kl_div),
-                clip_fraction=th.mean((th.abs(ratio - 1) > settings.clip_range).float()).item(),
+                clip_fraction=outside_trust_region(
+                    ratio,
+                    settings.loss_kwargs.get("clip_range_low", settings.clip_range),
+                    settings.loss_kwargs.get("clip_range_high", settings.clip_range),
+                ).item(),
                 value_clip_fraction=float(value_clip_fraction),
                 ratio_max=ratio.max().item(),
                 ratio_mean=ratio.mean().item(),
@@ -440,6 +484,21 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         self.policy.optimizer.step()
         return stats
 
+    def _update_learning_rate(self, optimizers: Any) -> None:
+        """SB3's, but the actor's rate is the adapted one (``adaptive_lr_kl_target``), the critic's its own."""
+        if self.adaptive_lr_kl_target is None and self.vf_learning_rate is None:
+            return super()._update_learning_rate(optimizers)
+        progress = self._current_progress_remaining
+        rates = [self._adaptive_learning_rate]
+        if self.adaptive_lr_kl_target is None:
+            rates = [check_schedule_value("learning_rate", self.lr_schedule(progress))]
+        if self.vf_learning_rate is not None:
+            rates.append(check_schedule_value("vf_learning_rate", self.vf_lr_schedule(progress)))
+            self.logger.record("train/vf_learning_rate", rates[1])
+        self.logger.record("train/learning_rate", rates[0])
+        for group, rate in zip(self.policy.optimizer.param_groups, rates, strict=True):
+            group["lr"] = rate
+
     def _loss_settings(self) -> LossSettings:
         """
         :return: this update's settings, every schedule evaluated and checked
@@ -455,9 +514,11 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         loss_kwargs = {}
         for name in POLICY_LOSSES[self.policy_loss].keywords:
             if name not in current:
-                # A keyword of a registered loss that TrustPPO does not know: a model attribute (float or schedule)
+                # A keyword of a registered loss: a model attribute (float or schedule); None: clip_range (ε_low, ε_high)
                 value = getattr(self, name)
-                current[name] = check_schedule_value(name, value(progress) if callable(value) else value, low=-np.inf)
+                value = value(progress) if callable(value) else value
+                low = KEYWORD_LOWER_BOUNDS.get(name, -np.inf)
+                current[name] = clip_range if value is None else check_schedule_value(name, value, low=low)
             loss_kwargs[name] = current[name]
         reference_coef = 0.0
         if reference_active(self) and self.reference_kl_mode == "loss":
