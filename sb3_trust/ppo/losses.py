@@ -78,9 +78,12 @@ def spo_loss(ratio: th.Tensor, advantages: th.Tensor, *, clip_range: float) -> t
 
     :param ratio: π(a|s) / π_old(a|s)
     :param advantages: advantages
-    :param clip_range: ε, the trust region's half-width
+    :param clip_range: ε > 0, the trust region's half-width
     :return: the loss
+    :raise ValueError: if ε is not positive (e.g. a ``clip_range`` schedule that reached 0)
     """
+    if clip_range <= 0:
+        raise ValueError(f"SPO divides by ε: `clip_range` must be > 0, got {clip_range} (a schedule that reached 0?)")
     return -(advantages * ratio - advantages.abs() * (ratio - 1) ** 2 / (2 * clip_range)).mean()
 
 

@@ -256,7 +256,7 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         # The current β: adapted after each update when adaptive_kl_target is set.
         self._kl_coef = float(kl_coef(1.0) if callable(kl_coef) else kl_coef)
         # The current (actor's) learning rate when adaptive_lr_kl_target is set, adapted after each update
-        self._adaptive_learning_rate = None if callable(learning_rate) else float(learning_rate)
+        self._adaptive_learning_rate = float(learning_rate(1.0) if callable(learning_rate) else learning_rate)
         # Updates skipped because of non-finite numbers (on_non_finite="skip")
         self._n_skipped_updates = 0
         # KL penalty toward a frozen reference policy (RLHF): settings, current β, the frozen policy

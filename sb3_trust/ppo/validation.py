@@ -6,6 +6,8 @@ parameter, the value and what is allowed.
 from collections.abc import Mapping
 from typing import Any
 
+from stable_baselines3.common.utils import ConstantSchedule
+
 from sb3_trust.common.losses import VF_CLIP_MODES
 from sb3_trust.common.validation import check_choice, check_common_on_policy_kwargs, check_number
 from sb3_trust.ppo.losses import POLICY_LOSSES
@@ -67,7 +69,8 @@ def check_variant_kwargs(given: Mapping[str, Any]) -> None:
         raise TypeError(f"`adaptive_lr_bounds` must be a pair (low, high), got {bounds!r}")
     check_number("adaptive_lr_bounds[0]", bounds[0], low=0.0, low_inclusive=False)
     check_number("adaptive_lr_bounds[1]", bounds[1], low=bounds[0])
-    if target is not None and callable(given["learning_rate"]):
+    # rl-zoo3 wraps a float learning_rate in a ConstantSchedule: that is a constant
+    if target is not None and callable(given["learning_rate"]) and not isinstance(given["learning_rate"], ConstantSchedule):
         raise ValueError(
             "`learning_rate` must be a float (the initial learning rate) when `adaptive_lr_kl_target` is set, got the "
             f"schedule {given['learning_rate']!r}"
