@@ -9,6 +9,8 @@ from typing import Any
 import torch as th
 from stable_baselines3.common.policies import ActorCriticPolicy
 
+from sb3_trust.common.validation import check_schedule_value
+
 
 @dataclass(frozen=True)
 class AdaptiveLearningRate:
@@ -70,3 +72,25 @@ def split_optimizer(policy: ActorCriticPolicy, learning_rate: float, vf_learning
     ]
     policy.optimizer = policy.optimizer_class(groups, lr=learning_rate, **policy.optimizer_kwargs)  # type: ignore[call-arg]
     return policy.optimizer
+
+
+def set_learning_rates(model: Any, optimizer: th.optim.Optimizer) -> None:
+    """
+    Set (and log) this update's learning rates: the actor's (the first group) is ``model._adaptive_learning_rate`` when
+    ``model.adaptive_lr_kl_target`` is set, else ``model.lr_schedule``'s value; the critic's (the second group, when
+    ``model.vf_learning_rate`` is set) ``model.vf_lr_schedule``'s. Schedule values are checked.
+
+    :param model: a TrustPPO model
+    :param optimizer: its policy's optimizer
+    """
+    progress = model._current_progress_remaining
+    if model.adaptive_lr_kl_target is not None:
+        rates = [model._adaptive_learning_rate]
+    else:
+        rates = [check_schedule_value("learning_rate", model.lr_schedule(progress))]
+    if model.vf_learning_rate is not None:
+        rates.append(check_schedule_value("vf_learning_rate", model.vf_lr_schedule(progress)))
+        model.logger.record("train/vf_learning_rate", rates[1])
+    model.logger.record("train/learning_rate", rates[0])
+    for group, rate in zip(optimizer.param_groups, rates, strict=True):
+        group["lr"] = rate
