@@ -4,7 +4,6 @@ learning rate. Each loss's value and gradient by hand, the learning-rate rules b
 the keyword checks, and (``expensive``) learning on CartPole-v1 and Pendulum-v1 with the zoo's configs.
 """
 
-import numpy as np
 import pytest
 import torch as th
 from stable_baselines3 import PPO
@@ -308,6 +307,8 @@ def test_clip_range_schedule_values_are_checked():
 
 # --- learning, with the zoo's configs ---------------------------------------------------------------------------------
 
+# Pendulum-v1: rl-zoo3's budget; a random policy scores about -1200, the zoo's published PPO agent -172
+PENDULUM_BUDGET, PENDULUM_THRESHOLD = 100_000, -400.0
 KEYS = ["trust_ppo_dual_clip", "trust_ppo_clip_higher", "trust_ppo_spo", "trust_ppo_adaptive_lr", "trust_ppo_vf_lr"]
 
 
@@ -340,9 +341,4 @@ def test_cartpole_learns(key):
 @pytest.mark.expensive
 @pytest.mark.parametrize("key", KEYS)
 def test_pendulum_learns(key):
-    # rl-zoo3's Pendulum-v1 PPO config at BUDGET steps of its 1e5: a random policy scores about -1200
     assert train_with_zoo_config(key, "Pendulum-v1", PENDULUM_BUDGET) >= PENDULUM_THRESHOLD
-
-
-PENDULUM_BUDGET, PENDULUM_THRESHOLD = 100_000, -400.0
-assert np.isfinite(PENDULUM_THRESHOLD)
