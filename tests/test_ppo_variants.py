@@ -307,8 +307,9 @@ def test_clip_range_schedule_values_are_checked():
 
 # --- learning, with the zoo's configs ---------------------------------------------------------------------------------
 
-# Pendulum-v1: rl-zoo3's budget; a random policy scores about -1200, the zoo's published PPO agent -172
-PENDULUM_BUDGET, PENDULUM_THRESHOLD = 100_000, -400.0
+# Pendulum-v1: half rl-zoo3's 1e5 budget (the full one takes minutes per variant on the reference path); a random
+# policy scores about -1200, the zoo's published PPO agent -172 (SPO measured -90 at 50k steps, seed 0)
+PENDULUM_BUDGET, PENDULUM_THRESHOLD = 50_000, -400.0
 KEYS = ["trust_ppo_dual_clip", "trust_ppo_clip_higher", "trust_ppo_spo", "trust_ppo_adaptive_lr", "trust_ppo_vf_lr"]
 
 
