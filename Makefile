@@ -45,7 +45,7 @@ check-codestyle: $(STAMP)
 
 # The documentation site (docs/), every warning an error; open docs/_build/html/index.html
 docs: $(STAMP)
-	$(BIN)/sphinx-build -W --keep-going -b html docs docs/_build/html
+	$(BIN)/sphinx-build -E -W --keep-going -b html docs docs/_build/html
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache docs/_build

@@ -34,6 +34,7 @@ PPO_SETTINGS = [
     dict(policy_loss="unclipped", normalize_advantage=False, clip_range_vf=0.3),
     dict(target_kl=0.001, n_epochs=4),  # the early stop
     dict(policy_kwargs=dict(net_arch=dict(pi=[32], vf=[16, 8]), activation_fn=th.nn.ReLU)),
+    dict(vf_learning_rate=3e-3),  # two param groups: the accelerator reads each parameter's learning rate from its group
 ]
 
 
@@ -71,6 +72,17 @@ def test_trust_ppo_two_updates():
     assert_same_parameters(model, expected)
     for param, expected_param in zip(model.policy.parameters(), expected.policy.parameters(), strict=True):
         assert th.equal(model.policy.optimizer.state[param]["step"], expected.policy.optimizer.state[expected_param]["step"])
+
+
+def test_trust_ppo_adaptive_learning_rate_on_both_paths():
+    """The KL-adaptive learning rate and the critic's own schedule: the accelerator trains with the adapted rates."""
+    settings = dict(n_updates=3, batch_size=64, adaptive_lr_kl_target=1e-3, vf_learning_rate=lambda p: 2e-3 * p)
+    model = learn(TrustPPO, "Pendulum-v1", "accelerated", **settings)
+    expected = learn(TrustPPO, "Pendulum-v1", "reference", **settings)
+    assert model.train_backend == "accelerated"
+    assert model._adaptive_learning_rate == pytest.approx(expected._adaptive_learning_rate, rel=1e-6)
+    assert model._adaptive_learning_rate != 3e-4
+    assert_same_parameters(model, expected)
 
 
 def test_auto_falls_back_with_a_reason():

@@ -26,6 +26,10 @@ VARIANTS = [
     dict(policy_loss="unclipped", target_kl=0.02),
     dict(policy_loss="clip", clip_range_vf=0.2, vf_clip_mode="max"),
     dict(policy_loss="clip", clip_range_vf=linear_schedule(0.2), vf_clip_mode="sb3", ent_coef=CosineSchedule(0.01)),
+    dict(policy_loss="dual_clip", dual_clip=2.0),
+    dict(policy_loss="clip_higher", clip_range_high=0.28),
+    dict(policy_loss="spo"),
+    dict(policy_loss="clip", adaptive_lr_kl_target=0.01, vf_learning_rate=linear_schedule(1e-3)),
 ]
 
 

@@ -44,7 +44,15 @@ PPO_ONLY = {
     "vf_coef": mostly(positive, negative),
     "max_grad_norm": mostly(positive, negative),
     "target_kl": mostly(st.none() | positive, negative),
-    "policy_loss": mostly(st.sampled_from(["clip", "kl_penalty", "unclipped"]), st.just("other")),
+    "policy_loss": mostly(
+        st.sampled_from(["clip", "kl_penalty", "unclipped", "dual_clip", "clip_higher", "spo"]), st.just("other")
+    ),
+    "dual_clip": mostly(st.floats(min_value=1.01, max_value=10.0), st.floats(min_value=-1.0, max_value=1.0)),
+    "clip_range_low": mostly(st.none() | positive, negative),
+    "clip_range_high": mostly(st.none() | positive, negative),
+    "adaptive_lr_kl_target": mostly(st.none() | positive, negative),
+    "adaptive_lr_bounds": mostly(st.just((1e-5, 1e-2)), st.just((1e-2, 1e-5)) | st.just((0.0, 1e-2))),
+    "vf_learning_rate": mostly(st.none() | st.floats(min_value=0.0, max_value=0.05), negative),
     "kl_coef": mostly(positive, negative),
     "adaptive_kl_target": mostly(st.one_of(st.none(), st.none(), st.none(), positive), negative),
     "vf_clip_mode": mostly(st.sampled_from(["sb3", "max"]), st.just("min")),

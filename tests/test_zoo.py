@@ -63,6 +63,11 @@ VARIANT_KEYS = {
     "trust_ppo": ("ppo", {"policy_loss"}),
     "trust_ppo_kl": ("trust_ppo", {"policy_loss", "adaptive_kl_target", "kl_coef"}),
     "trust_ppo_kl_fixed": ("trust_ppo", {"policy_loss", "kl_coef"}),
+    "trust_ppo_dual_clip": ("trust_ppo", {"policy_loss", "dual_clip"}),
+    "trust_ppo_clip_higher": ("trust_ppo", {"policy_loss", "clip_range_high"}),
+    "trust_ppo_spo": ("trust_ppo", {"policy_loss", "clip_range"}),
+    "trust_ppo_adaptive_lr": ("trust_ppo", {"adaptive_lr_kl_target", "learning_rate"}),
+    "trust_ppo_vf_lr": ("trust_ppo", {"vf_learning_rate"}),
     "trust_trpo": ("trpo", {"step_rule"}),
     "trust_npg": ("trust_trpo", {"step_rule"}),
 }
@@ -121,7 +126,7 @@ def test_register_zoo_fills_rl_zoo3_tables():
     from sb3_trust.trpo import TrustNPG, TrustTRPO
 
     algos = registered()
-    assert algos["trust_ppo"] is algos["trust_ppo_kl"] is algos["trust_ppo_kl_fixed"] is TrustPPO
+    assert all(algos[key] is TrustPPO for key in KEYS if key.startswith("trust_ppo"))
     assert algos["trust_trpo"] is TrustTRPO
     assert algos["trust_npg"] is TrustNPG
     for key in KEYS:
@@ -495,6 +500,14 @@ def test_samplers_search_the_variant_knobs():
     assert {"kl_coef", "clip_range_vf"} <= searched["trust_ppo_kl_fixed"]
     assert {"kl_convention", "target_kl", "cg_max_steps", "n_critic_updates"} <= searched["trust_trpo"]
     assert searched["trust_npg"] == searched["trust_trpo"]
+    for key, knob in [
+        ("trust_ppo_dual_clip", "dual_clip"),
+        ("trust_ppo_clip_higher", "clip_range_high"),
+        ("trust_ppo_spo", "clip_range"),
+        ("trust_ppo_adaptive_lr", "adaptive_lr_kl_target"),
+        ("trust_ppo_vf_lr", "vf_learning_rate"),
+    ]:
+        assert searched["trust_ppo"] | {knob} == searched[key], key
 
 
 # --- bad input ---------------------------------------------------------------------------------------------------

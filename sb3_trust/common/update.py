@@ -38,6 +38,11 @@ class LossSettings:
     max_approx_kl: float | None = None
     reference_coef: float = 0.0
 
+    def trust_region(self) -> tuple[float, float]:
+        """:return: ``(ε_low, ε_high)`` of ``train/clip_fraction``: the loss's own, else ``(clip_range, clip_range)``"""
+        kwargs = self.loss_kwargs
+        return kwargs.get("clip_range_low", self.clip_range), kwargs.get("clip_range_high", self.clip_range)
+
 
 class MinibatchStats(NamedTuple):
     """

@@ -14,6 +14,7 @@ from stable_baselines3.common.utils import FloatSchedule, explained_variance
 from sb3_trust import accel
 from sb3_trust.common.base import TrustAlgorithmMixin
 from sb3_trust.common.kl import AdaptiveKLController, approx_kl_k3, exact_kl, rollout_kl
+from sb3_trust.common.learning_rates import AdaptiveLearningRate, set_learning_rates, split_optimizer
 from sb3_trust.common.losses import normalize_advantages, value_loss
 from sb3_trust.common.policy_utils import evaluate_actions_with_distribution, frozen_copy
 from sb3_trust.common.reference import (
@@ -31,17 +32,16 @@ from sb3_trust.common.validation import (
     check_rollout_sizes,
     check_schedule_value,
 )
-from sb3_trust.ppo.losses import POLICY_LOSSES
-from sb3_trust.ppo.validation import check_trust_ppo_kwargs
+from sb3_trust.ppo.losses import POLICY_LOSSES, outside_trust_region
+from sb3_trust.ppo.validation import KEYWORD_LOWER_BOUNDS, check_trust_ppo_kwargs
 
 SelfTrustPPO = TypeVar("SelfTrustPPO", bound="TrustPPO")
 
 
 class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
     """
-    Proximal Policy Optimization with a choice of trust region: the clipped surrogate (PPO-clip, the default),
-    a fixed or adaptive KL penalty (PPO-Penalty), or none (the unclipped surrogate), plus SB3's or Baselines'
-    value-function clipping.
+    Proximal Policy Optimization with a choice of policy loss (PPO-clip by default, PPO-Penalty, dual-clip,
+    clip-higher, SPO, ...), SB3's or Baselines' value clipping, and optional learning-rate rules.
 
     A drop-in replacement for ``stable_baselines3.PPO``: every keyword of SB3 PPO is accepted with the same
     meaning and default, and with the default settings the updates are the same as SB3's (same parameters after
@@ -50,17 +50,9 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
     Paper: https://arxiv.org/abs/1707.06347 (sections 3 and 4, Table 1)
     Code: https://github.com/DLR-RM/stable-baselines3 (PPO) and https://github.com/openai/baselines (value clipping)
 
-    Semantics (see also the README):
-
-    - **Policy loss**: ``policy_loss`` names an entry of the registry ``sb3_trust.ppo.losses.POLICY_LOSSES``.
-    - **KL**: the penalty, the logged ``train/kl`` and the adaptive rule use the exact KL(π_old ‖ π_new), computed
-      in closed form from the old and new distributions and summed over action dimensions, averaged over states.
-      π_old is a frozen copy of the policy taken at the start of each update.
-    - **target_kl** keeps SB3's meaning: early stopping. Before each gradient step the k3 estimate
-      ``mean((r - 1) - log r)`` on the minibatch is compared with ``1.5 * target_kl``; above it, the update stops
-      (that minibatch is not applied). It is independent of the KL penalty.
-    - **Advantages** are normalised per minibatch (when ``normalize_advantage``), as in SB3.
-    - **Value clipping**: see ``vf_clip_mode``.
+    Semantics (README, "Semantics"): the KL of the penalty, of ``train/kl`` and of the adaptive rules is the exact
+    KL(π_old ‖ π_new), summed over action dimensions and averaged over states (π_old: a frozen copy of the policy at the
+    start of each update); ``target_kl`` is SB3's early stop; advantages are normalised per minibatch, as in SB3.
 
     Two paths compute the same update: the reference path (SB3's policy API and autograd, any policy, space, dtype
     and device; ``_reference_step``) and, for the models it can run, the optional accelerator ``sb3_trust.accel``
@@ -68,45 +60,46 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
 
     :param policy: The policy model to use (MlpPolicy, CnnPolicy, ...)
     :param env: The environment to learn from (if registered in Gym, can be str)
-    :param learning_rate: The learning rate, it can be a function
-        of the current progress remaining (from 1 to 0)
+    :param learning_rate: The learning rate, it can be a function of the current progress remaining (from 1 to 0)
     :param n_steps: The number of steps to run for each environment per update
         (i.e. rollout buffer size is n_steps * n_envs where n_envs is number of environment copies running in parallel)
     :param batch_size: Minibatch size
     :param n_epochs: Number of epoch when optimizing the surrogate loss
     :param gamma: Discount factor
     :param gae_lambda: Factor for trade-off of bias vs variance for Generalized Advantage Estimator
-    :param clip_range: Clipping parameter ε of the clipped surrogate, it can be a function of the current progress
-        remaining (from 1 to 0). Only used by ``policy_loss="clip"`` (it is still used for the logged clip fraction).
-    :param clip_range_vf: Clipping parameter for the value function,
-        it can be a function of the current progress remaining (from 1 to 0).
-        This is a parameter specific to the OpenAI implementation. If None is passed (default),
-        no clipping will be done on the value function.
-        IMPORTANT: this clipping depends on the reward scaling.
+    :param clip_range: Clipping parameter ε, it can be a function of the current progress remaining (from 1 to 0):
+        the clip range of ``"clip"`` and ``"dual_clip"``, the trust region of ``"spo"``; whatever the loss,
+        ``train/clip_fraction`` is the fraction of ratios outside ``[1 - ε, 1 + ε]`` (``[1 - ε_low, 1 + ε_high]`` for
+        ``"clip_higher"``)
+    :param clip_range_vf: Clipping parameter for the value function, it can be a function of the current progress
+        remaining (from 1 to 0). None (default): no clipping. IMPORTANT: this clipping depends on the reward scaling.
     :param normalize_advantage: Whether to normalize or not the advantage (per minibatch)
     :param ent_coef: Entropy coefficient for the loss calculation, a float or a schedule
     :param vf_coef: Value function coefficient for the loss calculation
     :param max_grad_norm: The maximum value for the gradient clipping
-    :param use_sde: Whether to use generalized State Dependent Exploration (gSDE)
-        instead of action noise exploration (default: False)
-    :param sde_sample_freq: Sample a new noise matrix every n steps when using gSDE
-        Default: -1 (only sample at the beginning of the rollout)
+    :param use_sde: Whether to use generalized State Dependent Exploration (gSDE) instead of action noise exploration
+    :param sde_sample_freq: Sample a new noise matrix every n steps when using gSDE (-1: only at the rollout's start)
     :param rollout_buffer_class: Rollout buffer class to use. If ``None``, it will be automatically selected.
     :param rollout_buffer_kwargs: Keyword arguments to pass to the rollout buffer on creation
-    :param target_kl: Limit the KL divergence between updates (SB3's early stopping, see above),
-        because the clipping is not enough to prevent large update
-        see issue #213 (cf https://github.com/hill-a/stable-baselines/issues/213)
-        By default, there is no limit on the kl div.
+    :param target_kl: SB3's early stopping (https://github.com/hill-a/stable-baselines/issues/213): before each
+        gradient step, the update stops if the k3 estimate ``mean((r - 1) - log r)`` exceeds ``1.5 * target_kl``.
     :param policy_loss: NEW. The policy loss, a name of the registry ``sb3_trust.ppo.losses.POLICY_LOSSES``:
-        ``"clip"`` (PPO-clip), ``"kl_penalty"`` (PPO-Penalty, fixed or adaptive β) or ``"unclipped"`` (``-mean(r·A)``)
+        ``"clip"`` (PPO-clip), ``"kl_penalty"`` (PPO-Penalty, fixed or adaptive β), ``"unclipped"`` (``-mean(r·A)``),
+        ``"dual_clip"`` (dual-clip PPO), ``"clip_higher"`` (DAPO's asymmetric clipping) or ``"spo"`` (SPO)
     :param kl_coef: NEW. β, the coefficient of the KL penalty (``policy_loss="kl_penalty"``): the fixed value,
         a schedule, or the initial value of the adaptive rule
-    :param adaptive_kl_target: NEW. d_targ of the adaptive rule of the PPO paper: after each update, β is doubled if the
-        mean KL over the rollout exceeds ``1.5 * d_targ`` and halved if it is below ``d_targ / 1.5``, then clipped to
-        ``[1e-4, 1e4]``. ``None`` (default) keeps β fixed (or scheduled).
-    :param vf_clip_mode: NEW. How ``clip_range_vf`` clips the value loss: ``"sb3"`` (default, SB3: the MSE of the
-        clipped prediction ``mean((R - V_clip)²)``) or ``"max"`` (OpenAI Baselines/CleanRL: the pessimistic
-        ``mean(max((R - V)², (R - V_clip)²))``), with ``V_clip = V_old + clip(V - V_old, -ε_v, ε_v)``.
+    :param adaptive_kl_target: NEW. d_targ of the PPO paper's adaptive β: after each update, β × 2 if KL > 1.5·d_targ,
+        β / 2 if KL < d_targ / 1.5, clipped to ``[1e-4, 1e4]``; ``None`` (default): β fixed (or scheduled)
+    :param dual_clip: NEW. c > 1 of ``policy_loss="dual_clip"``: for A < 0 the loss is bounded by ``c·A`` (default 3)
+    :param clip_range_low: NEW. ε_low of ``policy_loss="clip_higher"`` (float or schedule); ``None``: ``clip_range``
+    :param clip_range_high: NEW. ε_high of ``policy_loss="clip_higher"`` (float or schedule); ``None``: ``clip_range``
+    :param adaptive_lr_kl_target: NEW. KL-adaptive learning rate (rl_games, RSL-RL): after each update, the (actor's)
+        rate ÷ 1.5 if KL > 2·target, × 1.5 if KL < target / 2 (``learning_rate``, a float, is the initial value)
+    :param adaptive_lr_bounds: NEW. ``(low, high)`` bounds of the adaptive learning rate (default RSL-RL's)
+    :param vf_learning_rate: NEW. The critic's learning rate (float or schedule): two parameter groups, the actor (with
+        a shared features extractor) at ``learning_rate``, the critic at this rate; ``None`` (default): SB3's optimizer
+    :param vf_clip_mode: NEW. ``"sb3"`` (default): ``mean((R - V_clip)²)``; ``"max"`` (Baselines, CleanRL):
+        ``mean(max((R - V)², (R - V_clip)²))``, with ``V_clip = V_old + clip(V - V_old, -ε_v, ε_v)``
     :param on_non_finite: NEW. A NaN or infinite number in the rollout, a loss, the gradients or the parameters:
         ``"raise"`` (default) a ``NonFiniteError`` naming it and the timestep, ``"skip"`` a warning and the update skipped
         (``train/skipped_updates``). Either way (and on an exception) the state from before the update is kept.
@@ -118,15 +111,12 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         before GAE; ``"loss"``: ``β·mean KL(π ‖ π_ref)`` added to the loss
     :param reference_kl_target: NEW. Target of the β controller of Ziegler et al. (2019), or ``None`` (fixed β)
     :param reference_kl_horizon: NEW. Horizon (in samples) of that controller
-    :param stats_window_size: Window size for the rollout logging, specifying the number of episodes to average
-        the reported success rate, mean episode length, and mean reward over
+    :param stats_window_size: Number of episodes over which the rollout statistics are averaged
     :param tensorboard_log: the log location for tensorboard (if None, no logging)
     :param policy_kwargs: additional arguments to be passed to the policy on creation. See :ref:`ppo_policies`
-    :param verbose: Verbosity level: 0 for no output, 1 for info messages (such as device or wrappers used), 2 for
-        debug messages
+    :param verbose: Verbosity level: 0 no output, 1 info messages (such as device or wrappers used), 2 debug messages
     :param seed: Seed for the pseudo random generators
-    :param device: Device (cpu, cuda, ...) on which the code should be run.
-        Setting it to auto, the code will be run on the GPU if possible.
+    :param device: Device (cpu, cuda, ...) on which the code should be run (auto: the GPU if possible)
     :param _init_setup_model: Whether or not to build the network at the creation of the instance
     :param backend: NEW. ``"auto"`` (default): the accelerator (``sb3_trust.accel``) for the parts of this model it can
         run, the reference path for the rest; ``"reference"``: SB3's policy API and autograd only; ``"accelerated"``:
@@ -166,6 +156,12 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         policy_loss: str = "clip",
         kl_coef: float | Schedule = 1.0,
         adaptive_kl_target: float | None = None,
+        dual_clip: float = 3.0,
+        clip_range_low: float | Schedule | None = None,
+        clip_range_high: float | Schedule | None = None,
+        adaptive_lr_kl_target: float | None = None,
+        adaptive_lr_bounds: tuple[float, float] = (1e-5, 1e-2),
+        vf_learning_rate: float | Schedule | None = None,
         vf_clip_mode: str = "sb3",
         on_non_finite: str = "raise",
         reference_policy: "str | os.PathLike | BaseAlgorithm | ActorCriticPolicy | None" = None,
@@ -222,6 +218,9 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         self.policy_loss = policy_loss
         self.kl_coef = kl_coef
         self.adaptive_kl_target = adaptive_kl_target
+        self.dual_clip, self.clip_range_low, self.clip_range_high = dual_clip, clip_range_low, clip_range_high
+        self.adaptive_lr_kl_target, self.adaptive_lr_bounds = adaptive_lr_kl_target, tuple(adaptive_lr_bounds)
+        self.vf_learning_rate = vf_learning_rate
         self.vf_clip_mode = vf_clip_mode
         self.on_non_finite = on_non_finite
         self.backend = backend
@@ -230,6 +229,8 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         # Training state lives here, not in _setup_model(), which load() calls again after restoring it.
         # The current β: adapted after each update when adaptive_kl_target is set.
         self._kl_coef = float(kl_coef(1.0) if callable(kl_coef) else kl_coef)
+        # The current (actor's) learning rate when adaptive_lr_kl_target is set, adapted after each update
+        self._adaptive_learning_rate = float(learning_rate(1.0) if callable(learning_rate) else learning_rate)
         # Updates skipped because of non-finite numbers (on_non_finite="skip")
         self._n_skipped_updates = 0
         # KL penalty toward a frozen reference policy (RLHF): settings, current β, the frozen policy
@@ -246,6 +247,9 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
             self.clip_range_vf = FloatSchedule(self.clip_range_vf)
         self.ent_coef_schedule = FloatSchedule(self.ent_coef)
         self.kl_coef_schedule = FloatSchedule(self.kl_coef)
+        if self.vf_learning_rate is not None:  # two parameter groups (None: SB3's optimizer, untouched)
+            self.vf_lr_schedule = FloatSchedule(self.vf_learning_rate)
+            split_optimizer(self.policy, self.lr_schedule(1.0), self.vf_lr_schedule(1.0))  # type: ignore[arg-type]
         setup_reference(self)
         # π_old: a frozen copy of the policy at the start of each update (never saved)
         self._old_policy: ActorCriticPolicy | None = None
@@ -269,7 +273,7 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         Update policy using the currently gathered rollout buffer. Non-finite numbers and interruptions leave the
         policy, the optimizer and the counters as they were before the update (see ``on_non_finite``).
         """
-        guarded_update(self, self._update, ("_n_updates", "_kl_coef", "_reference_kl_coef"))
+        guarded_update(self, self._update, ("_n_updates", "_kl_coef", "_reference_kl_coef", "_adaptive_learning_rate"))
 
     def _update(self) -> None:
         """One update: ``n_epochs`` passes over the rollout in minibatches, SB3 PPO's loop."""
@@ -318,8 +322,7 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         explained_var = explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten())
         # Exact KL(π_old ‖ π_new) over the rollout after the whole update: logged, and drives the adaptive β
         kl = rollout_kl(old_policy, self.policy, self.rollout_buffer)  # type: ignore[arg-type]
-        if self.adaptive_kl_target is not None:
-            self._kl_coef = AdaptiveKLController(self.adaptive_kl_target).update(self._kl_coef, kl)
+        self._adapt(kl)
         # KL(π ‖ π_ref) after the update: logged, and drives the reference β controller if any
         after_update(self)
 
@@ -338,6 +341,8 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
             self.logger.record("train/std", th.exp(self.policy.log_std).mean().item())
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
         self.logger.record("train/clip_range", settings.clip_range)
+        for name, value in settings.loss_kwargs.items():  # the loss's own keywords (dual_clip, clip_range_low, ...)
+            self.logger.record(f"train/{name}", value)
         if settings.clip_range_vf is not None:
             self.logger.record("train/clip_range_vf", settings.clip_range_vf)
             self.logger.record("train/value_clip_fraction", mean("value_clip_fraction"))
@@ -349,6 +354,14 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         self.logger.record("train/ratio_max", max(stats.ratio_max for stats in minibatches))
         self.logger.record("train/ratio_mean", mean("ratio_mean"))
         self.logger.record("train/ent_coef", settings.ent_coef)
+
+    def _adapt(self, kl: float) -> None:
+        """The adaptive rules, from the exact KL(π_old ‖ π_new) of the update just done: β and the learning rate."""
+        if self.adaptive_kl_target is not None:
+            self._kl_coef = AdaptiveKLController(self.adaptive_kl_target).update(self._kl_coef, kl)
+        if self.adaptive_lr_kl_target is not None:  # set in the optimizer by the next update's _update_learning_rate
+            rule = AdaptiveLearningRate(self.adaptive_lr_kl_target, *self.adaptive_lr_bounds)
+            self._adaptive_learning_rate = rule.update(self._adaptive_learning_rate, kl)  # type: ignore[arg-type]
 
     def _reference_step(self, rollout_data: RolloutBufferSamples, settings: LossSettings) -> MinibatchStats:
         """
@@ -420,7 +433,7 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
                 entropy_loss=entropy_loss.item(),
                 loss=loss.item(),
                 approx_kl=float(approx_kl_div),
-                clip_fraction=th.mean((th.abs(ratio - 1) > settings.clip_range).float()).item(),
+                clip_fraction=outside_trust_region(ratio, *settings.trust_region()).item(),
                 value_clip_fraction=float(value_clip_fraction),
                 ratio_max=ratio.max().item(),
                 ratio_mean=ratio.mean().item(),
@@ -441,6 +454,12 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         self.policy.optimizer.step()
         return stats
 
+    def _update_learning_rate(self, optimizers: Any) -> None:
+        """SB3's, but the actor's rate is the adapted one (``adaptive_lr_kl_target``), the critic's its own."""
+        if self.adaptive_lr_kl_target is None and self.vf_learning_rate is None:
+            return super()._update_learning_rate(optimizers)
+        set_learning_rates(self, self.policy.optimizer)
+
     def _loss_settings(self) -> LossSettings:
         """
         :return: this update's settings, every schedule evaluated and checked
@@ -456,9 +475,11 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         loss_kwargs = {}
         for name in POLICY_LOSSES[self.policy_loss].keywords:
             if name not in current:
-                # A keyword of a registered loss that TrustPPO does not know: a model attribute (float or schedule)
+                # A keyword of a registered loss: a model attribute (float or schedule); None: clip_range (ε_low, ε_high)
                 value = getattr(self, name)
-                current[name] = check_schedule_value(name, value(progress) if callable(value) else value, low=-np.inf)
+                value = value(progress) if callable(value) else value
+                low = KEYWORD_LOWER_BOUNDS.get(name, -np.inf)
+                current[name] = clip_range if value is None else check_schedule_value(name, value, low=low)
             loss_kwargs[name] = current[name]
         reference_coef = 0.0
         if reference_active(self) and self.reference_kl_mode == "loss":

@@ -5,15 +5,20 @@ The commands are rl-zoo3's own (``train``, ``enjoy``, ``record_video``, ``record
 ``plot_from_file``, ``all_plots``), run unchanged after our algorithms have been registered under our own keys in
 rl-zoo3's tables at run time (rl-zoo3 itself is neither forked nor patched on disk):
 
-==================== =============== ===========================================================================
-key                  class           variant (set by ``hyperparams/<key>.yml``)
-==================== =============== ===========================================================================
-trust_ppo            TrustPPO        ``policy_loss: clip`` (PPO-clip)
-trust_ppo_kl         TrustPPO        ``policy_loss: kl_penalty`` + ``adaptive_kl_target`` (adaptive β)
-trust_ppo_kl_fixed   TrustPPO        ``policy_loss: kl_penalty``, fixed (or scheduled) ``kl_coef``
-trust_trpo           TrustTRPO       ``step_rule: line_search`` (TRPO)
-trust_npg            TrustNPG        ``step_rule: npg`` (natural policy gradient, no line search)
-==================== =============== ===========================================================================
+====================== =============== ===========================================================================
+key                    class           variant (set by ``hyperparams/<key>.yml``)
+====================== =============== ===========================================================================
+trust_ppo              TrustPPO        ``policy_loss: clip`` (PPO-clip)
+trust_ppo_kl           TrustPPO        ``policy_loss: kl_penalty`` + ``adaptive_kl_target`` (adaptive β)
+trust_ppo_kl_fixed     TrustPPO        ``policy_loss: kl_penalty``, fixed (or scheduled) ``kl_coef``
+trust_ppo_dual_clip    TrustPPO        ``policy_loss: dual_clip`` + ``dual_clip`` (dual-clip PPO)
+trust_ppo_clip_higher  TrustPPO        ``policy_loss: clip_higher`` + ``clip_range_high`` (DAPO's clip-higher)
+trust_ppo_spo          TrustPPO        ``policy_loss: spo`` (Simple Policy Optimization)
+trust_ppo_adaptive_lr  TrustPPO        PPO-clip + ``adaptive_lr_kl_target`` (KL-adaptive learning rate)
+trust_ppo_vf_lr        TrustPPO        PPO-clip + ``vf_learning_rate`` (the critic's own learning rate)
+trust_trpo             TrustTRPO       ``step_rule: line_search`` (TRPO)
+trust_npg              TrustNPG        ``step_rule: npg`` (natural policy gradient, no line search)
+====================== =============== ===========================================================================
 
 What ``train`` adds to rl-zoo3's (through ``TrustExperimentManager``, for our keys only):
 
@@ -125,32 +130,52 @@ class ZooAlgo:
         raise ImportError(f"{self.module} has none of {', '.join(self.class_names)}")
 
 
+def _trust_ppo(key: str, description: str, defaults: dict[str, Any], **variant: Any) -> ZooAlgo:
+    """:return: a TrustPPO key whose variant is its ``policy_loss`` default and ``variant``"""
+    variant = {"policy_loss": defaults["policy_loss"], **variant}
+    return ZooAlgo(key, "sb3_trust.ppo", ("TrustPPO",), defaults=defaults, variant=variant, description=description)
+
+
 ZOO_ALGOS: dict[str, ZooAlgo] = {
     algo.key: algo
     for algo in (
-        ZooAlgo(
-            "trust_ppo",
-            "sb3_trust.ppo",
-            ("TrustPPO",),
-            defaults={"policy_loss": "clip"},
-            variant={"policy_loss": "clip"},
-            description="TrustPPO, clipped surrogate (PPO-clip)",
-        ),
-        ZooAlgo(
+        _trust_ppo("trust_ppo", "TrustPPO, clipped surrogate (PPO-clip)", {"policy_loss": "clip"}),
+        _trust_ppo(
             "trust_ppo_kl",
-            "sb3_trust.ppo",
-            ("TrustPPO",),
-            defaults={"policy_loss": "kl_penalty", "adaptive_kl_target": 0.01},
-            variant={"policy_loss": "kl_penalty", "adaptive_kl_target": NOT_NONE},
-            description="TrustPPO, KL penalty with adaptive β (policy_loss: kl_penalty + adaptive_kl_target)",
+            "TrustPPO, KL penalty with adaptive β (policy_loss: kl_penalty + adaptive_kl_target)",
+            {"policy_loss": "kl_penalty", "adaptive_kl_target": 0.01},
+            adaptive_kl_target=NOT_NONE,
         ),
-        ZooAlgo(
+        _trust_ppo(
             "trust_ppo_kl_fixed",
-            "sb3_trust.ppo",
-            ("TrustPPO",),
-            defaults={"policy_loss": "kl_penalty"},
-            variant={"policy_loss": "kl_penalty", "adaptive_kl_target": None},
-            description="TrustPPO, KL penalty with fixed β (policy_loss: kl_penalty, kl_coef)",
+            "TrustPPO, KL penalty with fixed β (policy_loss: kl_penalty, kl_coef)",
+            {"policy_loss": "kl_penalty"},
+            adaptive_kl_target=None,
+        ),
+        _trust_ppo(
+            "trust_ppo_dual_clip",
+            "TrustPPO, dual-clip PPO (policy_loss: dual_clip, dual_clip: c)",
+            {"policy_loss": "dual_clip", "dual_clip": 3.0},
+        ),
+        _trust_ppo(
+            "trust_ppo_clip_higher",
+            "TrustPPO, asymmetric clipping (policy_loss: clip_higher, clip_range_low/high)",
+            {"policy_loss": "clip_higher", "clip_range_high": 0.28},
+        ),
+        _trust_ppo(
+            "trust_ppo_spo", "TrustPPO, Simple Policy Optimization (policy_loss: spo, ε = clip_range)", {"policy_loss": "spo"}
+        ),
+        _trust_ppo(
+            "trust_ppo_adaptive_lr",
+            "TrustPPO, PPO-clip with the KL-adaptive learning rate (adaptive_lr_kl_target)",
+            {"policy_loss": "clip", "adaptive_lr_kl_target": 0.01},
+            adaptive_lr_kl_target=NOT_NONE,
+        ),
+        _trust_ppo(
+            "trust_ppo_vf_lr",
+            "TrustPPO, PPO-clip with the value function's own learning rate (vf_learning_rate)",
+            {"policy_loss": "clip", "vf_learning_rate": 1e-3},
+            vf_learning_rate=NOT_NONE,
         ),
         ZooAlgo(
             "trust_trpo",
@@ -197,7 +222,7 @@ SET_BY_COMMAND_LINE = {
 # Schedule-capable keys whose strings rl-zoo3 converts itself (only `lin_<v>`)
 ZOO_SCHEDULE_KEYS = ("learning_rate", "clip_range", "clip_range_vf", "delta_std")
 # Schedule-capable keys of ours that rl-zoo3 leaves alone
-EXTRA_SCHEDULE_KEYS = ("ent_coef", "kl_coef")
+EXTRA_SCHEDULE_KEYS = ("ent_coef", "kl_coef", "clip_range_low", "clip_range_high", "vf_learning_rate")
 
 _SCHEDULE_PATTERN = re.compile(r"(lin|cos)_([^_]+)(?:_([^_]+))?")
 

@@ -10,14 +10,19 @@ Each key keeps its variant fixed (the key names a variant: its log folder and it
   ``trust_trpo`` and ``trust_npg`` call ``sample_trpo_params``;
 - and the knobs of the variant:
 
-  ==================== =====================================================================================
-  key                  extra parameters searched
-  ==================== =====================================================================================
-  trust_ppo            ``target_kl`` (SB3 early stopping, or None), value clipping
-  trust_ppo_kl         ``adaptive_kl_target`` (d_targ), ``kl_coef`` (initial β), value clipping
-  trust_ppo_kl_fixed   ``kl_coef`` (fixed β), value clipping
-  trust_trpo/npg       ``kl_convention`` ("paper" or "contrib")
-  ==================== =====================================================================================
+  ====================== =====================================================================================
+  key                    extra parameters searched
+  ====================== =====================================================================================
+  trust_ppo              ``target_kl`` (SB3 early stopping, or None), value clipping
+  trust_ppo_kl           ``adaptive_kl_target`` (d_targ), ``kl_coef`` (initial β), value clipping
+  trust_ppo_kl_fixed     ``kl_coef`` (fixed β), value clipping
+  trust_ppo_dual_clip    as ``trust_ppo``, and ``dual_clip`` (c)
+  trust_ppo_clip_higher  as ``trust_ppo``, and ``clip_range_high`` (ε_high; ε_low is the searched ``clip_range``)
+  trust_ppo_spo          as ``trust_ppo``: SPO's ε is the searched ``clip_range``
+  trust_ppo_adaptive_lr  as ``trust_ppo``, and ``adaptive_lr_kl_target`` (``learning_rate`` is the initial value)
+  trust_ppo_vf_lr        as ``trust_ppo``, and ``vf_learning_rate``
+  trust_trpo/npg         ``kl_convention`` ("paper" or "contrib")
+  ====================== =====================================================================================
 
   Value clipping: ``clip_range_vf`` (None, i.e. off, or a value) and, when on, ``vf_clip_mode`` ("sb3" or "max").
 
@@ -29,6 +34,8 @@ clipping is off, as the samplers do.
 trains on the whole rollout at once, with a warning), which TrustPPO and TrustTRPO reject.
 """
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import optuna
@@ -42,6 +49,7 @@ __all__ = [
     "sample_trust_ppo_kl_fixed_params",
     "sample_trust_ppo_kl_params",
     "sample_trust_ppo_params",
+    "sample_trust_ppo_variant_params",
     "sample_trust_trpo_params",
 ]
 
@@ -173,6 +181,34 @@ def sample_trust_ppo_kl_fixed_params(
     return _cap_batch_size(hyperparams, trial, n_envs)
 
 
+# The extra dimension of each PPO variant's key (the optuna name is the keyword, so the converter passes it through)
+VARIANT_DIMENSIONS: dict[str, Callable[[optuna.Trial], Any]] = {
+    "trust_ppo_dual_clip": lambda trial: {"dual_clip": trial.suggest_categorical("dual_clip", [1.5, 2.0, 3.0, 5.0, 10.0])},
+    "trust_ppo_clip_higher": lambda trial: {
+        "clip_range_high": trial.suggest_categorical("clip_range_high", [0.1, 0.2, 0.28, 0.3, 0.4, 0.5])
+    },
+    "trust_ppo_spo": lambda trial: {},
+    "trust_ppo_adaptive_lr": lambda trial: {
+        "adaptive_lr_kl_target": trial.suggest_float("adaptive_lr_kl_target", 0.002, 0.05, log=True)
+    },
+    "trust_ppo_vf_lr": lambda trial: {"vf_learning_rate": trial.suggest_float("vf_learning_rate", 1e-5, 0.01, log=True)},
+}
+
+
+def sample_trust_ppo_variant_params(
+    key: str, trial: optuna.Trial, n_actions: int, n_envs: int, additional_args: dict
+) -> dict[str, Any]:
+    """
+    Sampler for the keys of ``VARIANT_DIMENSIONS``: the ``trust_ppo`` space and the variant's own dimension.
+
+    :param key: the key (bound with ``functools.partial``); the other parameters: as ``sample_trust_ppo_params``
+    :return: the hyperparameters of the trial
+    """
+    hyperparams = sample_trust_ppo_params(trial, n_actions, n_envs, additional_args)
+    hyperparams.update(VARIANT_DIMENSIONS[key](trial))
+    return hyperparams
+
+
 def sample_trust_trpo_params(trial: optuna.Trial, n_actions: int, n_envs: int, additional_args: dict) -> dict[str, Any]:
     """
     Sampler for ``trust_trpo``: rl-zoo3's TRPO search space (``target_kl`` is the trust-region radius δ there) and
@@ -207,6 +243,7 @@ SAMPLERS = {
     "trust_ppo": sample_trust_ppo_params,
     "trust_ppo_kl": sample_trust_ppo_kl_params,
     "trust_ppo_kl_fixed": sample_trust_ppo_kl_fixed_params,
+    **{key: functools.partial(sample_trust_ppo_variant_params, key) for key in VARIANT_DIMENSIONS},
     "trust_trpo": sample_trust_trpo_params,
     "trust_npg": sample_trust_npg_params,
 }
