@@ -15,7 +15,8 @@ This module is its whole interface; nothing outside ``sb3_trust.accel`` imports 
   by the reference path.
 
 The accelerator needs the ``fast`` extra (Numba and SciPy). Without it, or with ``SB3_TRUST_ACCEL=0`` in the
-environment, ``can_run`` gives the reason and everything runs on the reference path.
+environment, ``can_run`` gives the reason and everything runs on the reference path. It declines models with
+invalid-action masking (``use_masking``): the reference path runs them.
 """
 
 import importlib
@@ -52,6 +53,8 @@ def _model_reason(model: Any) -> str | None:
 
     from sb3_trust.accel.network import policy_reason
 
+    if getattr(model, "use_masking", False):
+        return "action masks (the accelerator does not mask)"
     device = getattr(model, "device", None)
     if getattr(device, "type", None) != "cpu":
         return f"device {device} (the accelerator runs on the CPU)"

@@ -10,6 +10,7 @@ import pathlib
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
+import numpy as np
 import torch as th
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.buffers import RolloutBuffer
@@ -18,6 +19,7 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback
 from stable_baselines3.common.vec_env import VecEnv
 
+from sb3_trust.common.masking import collect_masked_rollouts, is_maskable_policy, masked_predict, setup_masked_model
 from sb3_trust.common.reference import REFERENCE_KWARGS, after_collection, check_reference_kwargs, setup_reference
 from sb3_trust.common.safety import FiniteObservations, ForeignFormat, check_saved_model
 from sb3_trust.common.validation import check_schedule_value
@@ -43,8 +45,16 @@ class TrustAlgorithmMixin:
         tb_log_name: str | None = None,
         reset_num_timesteps: bool = True,
         progress_bar: bool = False,
+        *,
+        use_masking: bool = True,
     ) -> SelfTrustAlgorithm:
-        """SB3's ``learn()``; ``tb_log_name`` defaults to the class name (``TrustPPO``, ``TrustTRPO``, ``TrustNPG``)."""
+        """
+        SB3's ``learn()``; ``tb_log_name`` defaults to the class name (``TrustPPO``, ``TrustTRPO``, ``TrustNPG``).
+        ``use_masking=False`` (sb3-contrib ``MaskablePPO.learn``'s keyword) collects this call's rollouts without the
+        env's masks, for a model whose ``use_masking`` is on; it has no effect otherwise.
+        """
+        algorithm: Any = self
+        algorithm._collect_with_masks = use_masking
         return super().learn(  # type: ignore[misc]
             total_timesteps=total_timesteps,
             callback=callback,
@@ -53,6 +63,14 @@ class TrustAlgorithmMixin:
             reset_num_timesteps=reset_num_timesteps,
             progress_bar=progress_bar,
         )
+
+    def _setup_model(self) -> None:
+        """SB3's, or for sb3-contrib's maskable policies (``use_masking``), ``MaskablePPO``'s (no ``use_sde`` keyword)."""
+        algorithm: Any = self
+        if is_maskable_policy(algorithm.policy_class):
+            setup_masked_model(self)
+        else:
+            super()._setup_model()  # type: ignore[misc]
 
     def _accelerated(self, part: str, can_run: Callable[[Any, str], str | None], make: Callable[[Any], Any]) -> Any:
         """
@@ -95,13 +113,29 @@ class TrustAlgorithmMixin:
         algorithm: Any = self
         collector = algorithm._collector()
         env = FiniteObservations(env, self)
-        if collector is None:
+        if algorithm.use_masking and getattr(algorithm, "_collect_with_masks", True):
+            complete = collect_masked_rollouts(self, env, callback, rollout_buffer, n_rollout_steps)
+        elif collector is None:
             complete = super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps)  # type: ignore[misc]
         else:
             complete = collector.collect_rollouts(self, env, callback, rollout_buffer, n_rollout_steps)
         if complete:
             after_collection(self)
         return complete
+
+    def predict(
+        self,
+        observation: np.ndarray | dict[str, np.ndarray],
+        state: tuple[np.ndarray, ...] | None = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = False,
+        action_masks: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
+        """
+        SB3's ``predict()``, with sb3-contrib ``MaskablePPO``'s ``action_masks`` (one boolean per action, True: valid)
+        for a model with ``use_masking`` on (see ``sb3_trust.common.masking``).
+        """
+        return masked_predict(self, observation, state, episode_start, deterministic, action_masks)
 
     def _update_learning_rate(self, optimizers: Any) -> None:
         """SB3's, with the schedule's value checked (a schedule that goes negative would train by gradient ascent)."""

@@ -8,6 +8,8 @@ Conventions used throughout ``sb3_trust`` (see the docs, docs/variants.md, "Sema
   SB3's own ``kl_divergence`` does *not* sum the dimensions of a diagonal Gaussian (it returns
   ``[batch, action_dim]``), which makes ``.mean()`` the per-dimension KL.
 - The PPO penalty and the TRPO trust region use KL(π_old ‖ π_new), the direction of the PPO and TRPO papers.
+- With action masks (sb3-contrib's maskable distributions), KL(p ‖ q) = Σ_{a valid under p} p(a) (log p(a) - log q(a)):
+  a masked action has p(a) = 0 and contributes 0·log 0 = 0 (never NaN), whatever its logit (-1e8 or -inf).
 - SB3's ``policy.get_distribution()`` returns the *same* object on every call; take the old distribution from a
   separate (frozen) policy, or copy it, before calling it again.
 """
@@ -15,6 +17,11 @@ Conventions used throughout ``sb3_trust`` (see the docs, docs/variants.md, "Sema
 from dataclasses import dataclass
 
 import torch as th
+from sb3_contrib.common.maskable.distributions import (
+    MaskableCategorical,
+    MaskableCategoricalDistribution,
+    MaskableMultiCategoricalDistribution,
+)
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.distributions import (
     BernoulliDistribution,
@@ -27,9 +34,26 @@ from stable_baselines3.common.distributions import (
 from stable_baselines3.common.policies import ActorCriticPolicy
 from torch.distributions import kl_divergence as th_kl_divergence
 
+from sb3_trust.common.masking import mask_kwargs
 from sb3_trust.common.rollout import iterate_rollout_in_order
 
 _SUMMED_OVER_DIMS = (DiagGaussianDistribution, StateDependentNoiseDistribution, BernoulliDistribution)
+
+
+def masked_categorical_kl(p: th.distributions.Categorical, q: th.distributions.Categorical) -> th.Tensor:
+    """
+    KL(p ‖ q) of two categoricals over the actions that p allows: ``Σ_a p(a) (log p(a) - log q(a))`` with the terms of
+    p's masked actions set to 0 *before* the product (0·log 0 = 0), so that neither the value nor its first and second
+    derivatives can be NaN, even with -inf logits. Without a mask on p, its zero-probability actions are those terms.
+
+    :param p: first distribution (its ``masks``, if any, say which actions are valid)
+    :param q: second distribution
+    :return: KL per state, shape ``[batch]``
+    """
+    masks = p.masks if isinstance(p, MaskableCategorical) else None
+    support = p.probs > 0 if masks is None else masks
+    log_ratio = th.where(support, p.logits - q.logits, th.zeros_like(p.logits))
+    return (p.probs * log_ratio).sum(dim=-1)
 
 
 def exact_kl(p: Distribution, q: Distribution) -> th.Tensor:
@@ -43,6 +67,12 @@ def exact_kl(p: Distribution, q: Distribution) -> th.Tensor:
     gaussians = (DiagGaussianDistribution, StateDependentNoiseDistribution)
     if type(p) is not type(q) and not (isinstance(p, gaussians) and isinstance(q, gaussians)):
         raise TypeError(f"exact_kl needs two distributions of the same type, got {type(p).__name__} and {type(q).__name__}")
+    if isinstance(p, MaskableMultiCategoricalDistribution):  # and MaskableBernoulliDistribution
+        assert isinstance(q, MaskableMultiCategoricalDistribution)
+        per_dim = [masked_categorical_kl(p_i, q_i) for p_i, q_i in zip(p.distributions, q.distributions, strict=True)]
+        return th.stack(per_dim, dim=1).sum(dim=1)
+    if isinstance(p, MaskableCategoricalDistribution):
+        return masked_categorical_kl(p.distribution, q.distribution)  # type: ignore[attr-defined]
     if isinstance(p, MultiCategoricalDistribution):
         assert isinstance(q, MultiCategoricalDistribution)
         per_dim = [th_kl_divergence(p_i, q_i) for p_i, q_i in zip(p.distribution, q.distribution, strict=True)]
@@ -59,14 +89,16 @@ def rollout_kl(p: ActorCriticPolicy, q: ActorCriticPolicy, rollout_buffer: Rollo
     """
     :param p: first policy (π_old for KL(π_old ‖ π_new))
     :param q: second policy
-    :param rollout_buffer: a full rollout buffer that ``get()`` has flattened
+    :param rollout_buffer: a full rollout buffer that ``get()`` has flattened (with a ``MaskableRolloutBuffer``, both
+        distributions are masked with its masks)
     :return: the mean over the rollout's states of ``exact_kl(p, q)`` (no random numbers consumed)
     """
     total, count = 0.0, 0
     with th.no_grad():
         for samples in iterate_rollout_in_order(rollout_buffer):
             # SB3 reuses one distribution object per policy: p's is read before q's forward pass (p is not q)
-            kl = exact_kl(p.get_distribution(samples.observations), q.get_distribution(samples.observations))
+            masks = mask_kwargs(samples)
+            kl = exact_kl(p.get_distribution(samples.observations, **masks), q.get_distribution(samples.observations, **masks))
             total += kl.sum().item()
             count += len(kl)
     return total / max(count, 1)

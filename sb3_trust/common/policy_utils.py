@@ -12,7 +12,7 @@ from stable_baselines3.common.type_aliases import PyTorchObs
 
 
 def evaluate_actions_with_distribution(
-    policy: ActorCriticPolicy, obs: PyTorchObs, actions: th.Tensor
+    policy: ActorCriticPolicy, obs: PyTorchObs, actions: th.Tensor, action_masks: th.Tensor | None = None
 ) -> tuple[th.Tensor, th.Tensor, th.Tensor | None, Distribution]:
     """
     ``ActorCriticPolicy.evaluate_actions`` that also returns the action distribution, with one forward pass
@@ -24,6 +24,7 @@ def evaluate_actions_with_distribution(
     :param policy: the policy
     :param obs: observations
     :param actions: actions
+    :param action_masks: the actions' masks, for a ``MaskableActorCriticPolicy`` (sb3-contrib's ``evaluate_actions``)
     :return: values, log-likelihood of the actions, entropy (``None`` without a closed form), distribution
     """
     features = policy.extract_features(obs)
@@ -34,6 +35,8 @@ def evaluate_actions_with_distribution(
         latent_pi = policy.mlp_extractor.forward_actor(pi_features)
         latent_vf = policy.mlp_extractor.forward_critic(vf_features)
     distribution = policy._get_action_dist_from_latent(latent_pi)
+    if action_masks is not None:
+        distribution.apply_masking(action_masks)  # type: ignore[attr-defined]
     log_prob = distribution.log_prob(actions)
     values = policy.value_net(latent_vf)
     entropy = distribution.entropy()

@@ -270,12 +270,16 @@ def apply_fixed_step(
 
 
 class ActorBatch(NamedTuple):
-    """The samples of an actor step: observations, actions, their old log-likelihoods, (normalised) advantages."""
+    """
+    The samples of an actor step: observations, actions, their old log-likelihoods, (normalised) advantages, and the
+    action masks (``None`` without masking).
+    """
 
     observations: PyTorchObs
     actions: th.Tensor
     old_log_prob: th.Tensor
     advantages: th.Tensor
+    action_masks: th.Tensor | None = None
 
 
 class ActorStepStats(NamedTuple):

@@ -16,6 +16,7 @@ from sb3_trust.common.base import TrustAlgorithmMixin
 from sb3_trust.common.kl import AdaptiveKLController, approx_kl_k3, exact_kl, rollout_kl
 from sb3_trust.common.learning_rates import AdaptiveLearningRate, set_learning_rates, split_optimizer
 from sb3_trust.common.losses import normalize_advantages, value_loss
+from sb3_trust.common.masking import mask_kwargs, setup_masking
 from sb3_trust.common.policy_utils import evaluate_actions_with_distribution, frozen_copy
 from sb3_trust.common.reference import (
     REFERENCE_EXCLUDED_SAVE_PARAMS,
@@ -122,6 +123,10 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         run, the reference path for the rest; ``"reference"``: SB3's policy API and autograd only; ``"accelerated"``:
         a ``ValueError`` where the accelerator cannot run. Which path ran is in ``collect_backend`` and
         ``train_backend``, why in ``backend_reasons``, and printed once at ``verbose >= 1``.
+    :param use_masking: NEW. Invalid-action masking with sb3-contrib's interface (``MaskablePPO``): ``"auto"`` (default)
+        on when the env has an ``action_masks()`` method (or the policy is a ``MaskableActorCriticPolicy``), ``True``
+        (an env without masks is an error) or ``False``. On, the policy aliases name sb3-contrib's maskable policies and
+        every variant uses the masked distributions (``sb3_trust.common.masking``); the reference path runs it.
     """
 
     _trust_family = "TrustPPO"
@@ -177,6 +182,7 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         device: th.device | str = "auto",
         _init_setup_model: bool = True,
         backend: str = "auto",
+        use_masking: bool | str = "auto",
     ):
         # Every keyword is checked before anything is built (SB3 asserts; we raise ValueError/TypeError)
         given = dict(locals())
@@ -235,6 +241,8 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         self._n_skipped_updates = 0
         # KL penalty toward a frozen reference policy (RLHF): settings, current β, the frozen policy
         init_reference(self, given)
+        # Invalid-action masking: resolves use_masking, the maskable policy and rollout buffer classes
+        setup_masking(self, use_masking)
 
         if _init_setup_model:
             self._setup_model()
@@ -380,19 +388,21 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         entry = POLICY_LOSSES[settings.policy_loss]
         loss_kwargs: dict[str, Any] = dict(settings.loss_kwargs)
         reference = settings.reference_coef > 0 and self._reference is not None
+        masks = mask_kwargs(rollout_data)  # the action masks, with use_masking
         if entry.needs_kl or reference:
             values, log_prob, entropy, distribution = evaluate_actions_with_distribution(
                 self.policy,  # type: ignore[arg-type]
                 rollout_data.observations,
                 actions,
+                **masks,
             )
         else:
-            values, log_prob, entropy = self.policy.evaluate_actions(rollout_data.observations, actions)
+            values, log_prob, entropy = self.policy.evaluate_actions(rollout_data.observations, actions, **masks)
         values = values.flatten()
         if entry.needs_kl:
             assert self._old_policy is not None
             with th.no_grad():
-                old_distribution = self._old_policy.get_distribution(rollout_data.observations)
+                old_distribution = self._old_policy.get_distribution(rollout_data.observations, **masks)
             loss_kwargs["kl"] = exact_kl(old_distribution, distribution)
         # Normalize advantage (per minibatch, as SB3)
         advantages = rollout_data.advantages

@@ -18,6 +18,7 @@ from torch.nn import functional as F
 from sb3_trust import accel
 from sb3_trust.common.base import TrustAlgorithmMixin
 from sb3_trust.common.kl import exact_kl
+from sb3_trust.common.masking import mask_kwargs, setup_masking
 from sb3_trust.common.messages import warn
 from sb3_trust.common.reference import (
     REFERENCE_EXCLUDED_SAVE_PARAMS,
@@ -135,6 +136,9 @@ class TrustTRPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
     :param reference_kl_horizon: horizon (in samples) of that controller
     :param backend: ``"auto"`` (default), ``"reference"`` or ``"accelerated"``, as in ``TrustPPO`` (the accelerator
         collects rollouts; the update runs on the reference path)
+    :param use_masking: invalid-action masking (sb3-contrib's interface), as in ``TrustPPO``: ``"auto"`` (default, on
+        when the env has ``action_masks()``), ``True`` or ``False``; the KL and its Fisher-vector products are then
+        those of the masked distributions
     """
 
     _trust_family = "TrustTRPO"
@@ -189,6 +193,7 @@ class TrustTRPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         reference_kl_target: float | None = None,
         reference_kl_horizon: int = 10_000,
         backend: str = "auto",
+        use_masking: bool | str = "auto",
     ):
         # Every keyword is checked before anything is built (contrib asserts; we raise ValueError/TypeError)
         given = dict(locals())
@@ -252,6 +257,8 @@ class TrustTRPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         self._n_skipped_updates = 0
         # KL penalty toward a frozen reference policy (RLHF): settings, current β, the frozen policy
         init_reference(self, given)
+        # Invalid-action masking: resolves use_masking, the maskable policy and rollout buffer classes
+        setup_masking(self, use_masking)
 
         if _init_setup_model:
             self._setup_model()
@@ -266,6 +273,8 @@ class TrustTRPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         """
         if self.kl_convention == "paper":
             return exact_kl(old_distribution, distribution).mean()
+        if self.use_masking:  # SB3's kl_divergence does not know the maskable distributions
+            return exact_kl(distribution, old_distribution).mean()
         return kl_divergence(distribution, old_distribution).mean()
 
     def _setup_model(self) -> None:
@@ -296,6 +305,7 @@ class TrustTRPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         actions = rollout_data.actions
         old_log_prob = rollout_data.old_log_prob
         advantages = rollout_data.advantages
+        action_masks = mask_kwargs(rollout_data).get("action_masks")
         if self.sub_sampling_factor > 1:
             every = self.sub_sampling_factor
             if isinstance(observations, dict):
@@ -303,12 +313,13 @@ class TrustTRPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
             else:
                 observations = observations[::every]
             actions, old_log_prob, advantages = actions[::every], old_log_prob[::every], advantages[::every]
+            action_masks = None if action_masks is None else action_masks[::every]
         if isinstance(self.action_space, spaces.Discrete):
             # Convert discrete action from float to long
             actions = actions.long().flatten()
         if self.normalize_advantage:
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-        return ActorBatch(observations, actions, old_log_prob, advantages)
+        return ActorBatch(observations, actions, old_log_prob, advantages, action_masks)
 
     def _skip_actor_step(self, what: str, policy_objective: float, cg_residual: float = math.nan) -> ActorStepStats:
         self._n_actor_steps_skipped += 1
@@ -328,11 +339,12 @@ class TrustTRPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         :param batch: the actor batch
         :return: the problem
         """
-        observations, actions, old_log_prob, advantages = batch
+        observations, actions, old_log_prob, advantages, _ = batch
+        masks = mask_kwargs(batch)  # with use_masking, every distribution is masked
         with th.no_grad():
             # copy: SB3 reuses one distribution object per policy, the next forward pass would overwrite it
-            old_distribution = copy.copy(self.policy.get_distribution(observations))
-        distribution = self.policy.get_distribution(observations)
+            old_distribution = copy.copy(self.policy.get_distribution(observations, **masks))
+        distribution = self.policy.get_distribution(observations, **masks)
         ratio = th.exp(distribution.log_prob(actions) - old_log_prob)
         policy_objective = (advantages * ratio).mean()
         # Reference KL, loss placement: maximise mean(r·A) - β·mean KL(π ‖ π_ref)
@@ -362,7 +374,7 @@ class TrustTRPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         paper_kl: list[float] = [0.0]  # KL(π_old ‖ π_new) summed over action dims, of the last evaluated step
 
         def evaluate() -> tuple[th.Tensor, th.Tensor]:
-            new_distribution = self.policy.get_distribution(observations)
+            new_distribution = self.policy.get_distribution(observations, **masks)
             new_ratio = th.exp(new_distribution.log_prob(actions) - old_log_prob)
             constraint_kl = self._constraint_kl(old_distribution, new_distribution)
             if self.kl_convention != "paper":
