@@ -244,6 +244,8 @@ def test_action_masker_policies_and_save_load(cls, policy, space, obs, tmp_path)
     if policy == "MultiInputPolicy":
         assert isinstance(model.policy, MaskableMultiInputActorCriticPolicy)
     model.save(tmp_path / "model.zip")
+    without_env = cls.load(tmp_path / "model.zip")
+    assert without_env.use_masking and type(without_env.policy) is type(model.policy)
     loaded = cls.load(tmp_path / "model.zip", env=env)
     assert loaded.use_masking and type(loaded.policy) is type(model.policy)
     observation, _ = env.reset(seed=1)
@@ -259,7 +261,7 @@ def test_action_masker_policies_and_save_load(cls, policy, space, obs, tmp_path)
 
 def test_evaluate_policy_and_eval_callback_of_sb3_contrib(tmp_path):
     model = TrustPPO("MlpPolicy", MaskedChoiceEnv(), n_steps=32, batch_size=16, seed=0)
-    callback = MaskableEvalCallback(MaskedChoiceEnv(), eval_freq=32, n_eval_episodes=2, log_path=str(tmp_path))
+    callback = MaskableEvalCallback(Monitor(MaskedChoiceEnv()), eval_freq=32, n_eval_episodes=2, log_path=str(tmp_path))
     model.learn(64, callback=callback)
     assert callback.evaluations_results and all(len(result) == 2 for result in callback.evaluations_results)
     # with the masks, no invalid action: every episode lasts the whole horizon

@@ -597,3 +597,23 @@ def _chdir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     yield
     assert os.getcwd() == str(tmp_path)
+
+
+MASKED_ENV_ID = "SB3TrustMaskedChoice-v0"
+
+
+@pytest.mark.parametrize("key", ["trust_ppo", "trust_trpo"])
+def test_masked_env_trains_with_masks(tmp_path, key):
+    """An env with an `action_masks()` method trains with its masks (`use_masking="auto"`), with no setting."""
+    import gymnasium as gym
+    from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
+
+    if MASKED_ENV_ID not in gym.registry:
+        gym.register(MASKED_ENV_ID, entry_point="tests.envs:MaskedChoiceEnv")
+    entry = {"n_timesteps": 256, "policy": "MlpPolicy", "n_steps": 64, "batch_size": 64}
+    conf = tmp_path / "masked.yml"
+    conf.write_text(yaml.dump({MASKED_ENV_ID: entry}))
+    run(f"train --algo {key} --env {MASKED_ENV_ID} -f {tmp_path} --conf-file {conf} {QUIET}")
+    model = registered()[key].load(run_folder(tmp_path, key, MASKED_ENV_ID) / f"{MASKED_ENV_ID}.zip")
+    assert model.use_masking and isinstance(model.policy, MaskableActorCriticPolicy)
+    assert model.num_timesteps == 256

@@ -70,8 +70,11 @@ def setup_masking(algorithm: Any, use_masking: bool | str) -> None:
         raise ValueError(f"`use_masking` must be True, False or 'auto', got {use_masking!r}")
     policy_class, env = algorithm.policy_class, algorithm.env
     maskable_policy = is_maskable_policy(policy_class)
+    if env is None:  # load(): the saved setting and classes are restored after __init__
+        algorithm.use_masking = maskable_policy if use_masking == "auto" else bool(use_masking)
+        return
     if use_masking == "auto":
-        masks_available = env is not None and isinstance(algorithm.action_space, MASKABLE_SPACES) and is_masking_supported(env)
+        masks_available = isinstance(algorithm.action_space, MASKABLE_SPACES) and is_masking_supported(env)
         use_masking = maskable_policy or masks_available
     if use_masking:
         if not isinstance(algorithm.action_space, MASKABLE_SPACES):
@@ -79,7 +82,7 @@ def setup_masking(algorithm: Any, use_masking: bool | str) -> None:
                 f"{name}: action masking needs a Discrete, MultiDiscrete or MultiBinary action space, "
                 f"got {algorithm.action_space}"
             )
-        if env is not None and not is_masking_supported(env):
+        if not is_masking_supported(env):
             raise ValueError(
                 f"{name}: `use_masking=True` needs an env with an `action_masks()` method; this one has none. Consider "
                 "sb3_contrib.common.wrappers.ActionMasker, or use_masking=False"
