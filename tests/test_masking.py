@@ -24,6 +24,7 @@ from stable_baselines3.common.monitor import Monitor
 
 from sb3_trust import TrustNPG, TrustPPO, TrustTRPO
 from sb3_trust.common.kl import exact_kl
+from sb3_trust.ppo.losses import POLICY_LOSSES
 from tests.envs import MaskedChoiceEnv, SpaceEnv
 
 ENVS = {
@@ -293,3 +294,17 @@ def test_masks_learn_what_no_masks_cannot(cls, kwargs):
     # random valid actions score ~5, the best valid ones ~7.3; without masks, any policy scores below 0
     assert scores[True] >= 6.5, scores
     assert scores[False] <= 0.0, scores
+
+
+@pytest.mark.parametrize("policy_loss", sorted(POLICY_LOSSES))
+def test_every_policy_loss_trains_with_masks(policy_loss):
+    """Every variant composes with masking; the KL rules are driven by the masked KL (finite, > 0)."""
+    needs_kl = POLICY_LOSSES[policy_loss].needs_kl
+    kl_rule = {"adaptive_kl_target": 0.001} if needs_kl else {"adaptive_lr_kl_target": 0.001}
+    model = TrustPPO("MlpPolicy", ENVS["discrete"](), policy_loss=policy_loss, **kl_rule, **SETTINGS).learn(2 * 64)
+    assert model.use_masking and model.train_backend == "reference"
+    assert all(th.isfinite(param).all() for param in model.policy.parameters())
+    if needs_kl:  # adapted twice, from a finite positive KL
+        assert model._kl_coef != 1.0
+    else:
+        assert model._adaptive_learning_rate != SETTINGS["learning_rate"]
