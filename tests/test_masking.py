@@ -22,7 +22,7 @@ from sb3_contrib.common.wrappers import ActionMasker
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.monitor import Monitor
 
-from sb3_trust import TrustNPG, TrustPPO, TrustTRPO
+from sb3_trust import TrustNPG, TrustPPO, TrustTRPO, accel
 from sb3_trust.common.kl import exact_kl
 from sb3_trust.ppo.losses import POLICY_LOSSES
 from tests.envs import MaskedChoiceEnv, SpaceEnv
@@ -176,6 +176,13 @@ def test_masking_needs_masks_and_a_discrete_space():
     with pytest.raises(ValueError, match="use_masking"):
         TrustPPO("MlpPolicy", MaskedChoiceEnv(), use_masking="yes")
     assert not TrustPPO("MlpPolicy", "CartPole-v1").use_masking  # "auto": no masks, SB3's PPO
+    # the accelerator declines masked models (when it is available at all)
+    expected = accel.unavailable_reason() or "action masks (the accelerator does not mask)"
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        TrustTRPO("MlpPolicy", MaskedChoiceEnv(), backend="accelerated")
+    with pytest.raises(ValueError, match="reference policy"):
+        reference = TrustPPO("MlpPolicy", MaskedChoiceEnv(), use_masking=False).policy
+        TrustPPO("MlpPolicy", MaskedChoiceEnv(), reference_policy=reference)
 
 
 @pytest.mark.parametrize("cls", [TrustPPO, TrustTRPO])
