@@ -3,6 +3,8 @@ Invalid-action masking (sb3-contrib's interface) for TrustPPO and TrustTRPO: par
 the KL and Fisher-vector products of masked distributions against hand computations, bad input, save/load.
 """
 
+import re
+
 import numpy as np
 import pytest
 import torch as th
