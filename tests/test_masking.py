@@ -317,3 +317,16 @@ def test_every_policy_loss_trains_with_masks(policy_loss):
         assert model._kl_coef != 1.0
     else:
         assert model._adaptive_learning_rate != SETTINGS["learning_rate"]
+
+
+@pytest.mark.parametrize("kl_convention", ["paper", "contrib"])
+def test_maskable_policy_without_masks(kl_convention):
+    """A maskable policy with use_masking=False trains unmasked (MaskablePPO.learn(use_masking=False)), both KLs."""
+    env = ENVS["multi-discrete"]()
+    model = TrustTRPO(
+        MaskableActorCriticPolicy, env, use_masking=False, kl_convention=kl_convention, n_steps=64, batch_size=64, seed=0
+    )
+    assert not model.use_masking
+    model.learn(128)
+    assert model.rollout_buffer.action_masks.all()  # MaskablePPO's buffer, which stays unmasked
+    assert all(th.isfinite(param).all() for param in model.policy.parameters())

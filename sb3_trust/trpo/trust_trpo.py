@@ -18,7 +18,7 @@ from torch.nn import functional as F
 from sb3_trust import accel
 from sb3_trust.common.base import TrustAlgorithmMixin
 from sb3_trust.common.kl import exact_kl
-from sb3_trust.common.masking import mask_kwargs, setup_masking
+from sb3_trust.common.masking import is_maskable_policy, mask_kwargs, setup_masking
 from sb3_trust.common.messages import warn
 from sb3_trust.common.reference import (
     REFERENCE_EXCLUDED_SAVE_PARAMS,
@@ -273,7 +273,7 @@ class TrustTRPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         """
         if self.kl_convention == "paper":
             return exact_kl(old_distribution, distribution).mean()
-        if self.use_masking:  # SB3's kl_divergence does not know the maskable distributions
+        if is_maskable_policy(self.policy_class):  # SB3's kl_divergence does not know the maskable distributions
             return exact_kl(distribution, old_distribution).mean()
         return kl_divergence(distribution, old_distribution).mean()
 
