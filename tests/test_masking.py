@@ -24,7 +24,7 @@ from sb3_contrib.common.wrappers import ActionMasker
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.monitor import Monitor
 
-from sb3_trust import TrustNPG, TrustPPO, TrustTRPO, accel
+from sb3_trust import TrustHealthCallback, TrustNPG, TrustPPO, TrustTRPO, accel
 from sb3_trust.common.kl import exact_kl
 from sb3_trust.ppo.losses import POLICY_LOSSES
 from tests.envs import MaskedChoiceEnv, SpaceEnv
@@ -330,3 +330,11 @@ def test_maskable_policy_without_masks(kl_convention):
     model.learn(128)
     assert model.rollout_buffer.action_masks.all()  # MaskablePPO's buffer, which stays unmasked
     assert all(th.isfinite(param).all() for param in model.policy.parameters())
+
+
+def test_health_monitor_measures_the_masked_entropy():
+    """TrustTRPO logs no entropy: the health monitor computes it, masked (two valid actions: at most log 2)."""
+    callback = TrustHealthCallback()
+    TrustTRPO("MlpPolicy", MaskedChoiceEnv(), n_steps=64, batch_size=64, seed=0).learn(64, callback=callback)
+    entropy = callback._entropy()
+    assert entropy is not None and 0.5 < entropy <= np.log(2) + 1e-6  # unmasked: about log 6

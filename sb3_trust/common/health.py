@@ -416,9 +416,11 @@ class TrustHealthCallback(BaseCallback):
         flat = observations.reshape(-1, *self.model.observation_space.shape)
         # Evenly spaced samples: cheap and deterministic (no draw from the model's random stream)
         index = np.linspace(0, len(flat) - 1, min(self.entropy_samples, len(flat))).astype(int)
+        masks = getattr(self.model.rollout_buffer, "action_masks", None)  # with action masking: the masked entropy
+        masked = {} if masks is None else {"action_masks": masks.reshape(len(flat), -1)[index]}
         with th.no_grad():
             obs_tensor, _ = self.model.policy.obs_to_tensor(flat[index])
-            entropy = self.model.policy.get_distribution(obs_tensor).entropy()
+            entropy = self.model.policy.get_distribution(obs_tensor, **masked).entropy()
         return None if entropy is None else float(entropy.mean())
 
     def _write_histogram(self, advantages: np.ndarray) -> None:
