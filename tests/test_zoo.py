@@ -604,16 +604,23 @@ MASKED_ENV_ID = "SB3TrustMaskedChoice-v0"
 
 @pytest.mark.parametrize("key", ["trust_ppo", "trust_trpo"])
 def test_masked_env_trains_with_masks(tmp_path, key):
-    """An env with an `action_masks()` method trains with its masks (`use_masking="auto"`), with no setting."""
+    """An env with an `action_masks()` method trains and is evaluated with its masks (`use_masking="auto"`)."""
     import gymnasium as gym
     from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
+
+    from tests.envs import MaskedChoiceEnv
 
     if MASKED_ENV_ID not in gym.registry:
         gym.register(MASKED_ENV_ID, entry_point="tests.envs:MaskedChoiceEnv")
     entry = {"n_timesteps": 256, "policy": "MlpPolicy", "n_steps": 64, "batch_size": 64}
     conf = tmp_path / "masked.yml"
     conf.write_text(yaml.dump({MASKED_ENV_ID: entry}))
-    run(f"train --algo {key} --env {MASKED_ENV_ID} -f {tmp_path} --conf-file {conf} {QUIET}")
-    model = registered()[key].load(run_folder(tmp_path, key, MASKED_ENV_ID) / f"{MASKED_ENV_ID}.zip")
+    quiet = QUIET.replace("--eval-freq -1", "--eval-freq 128 --eval-episodes 3")
+    run(f"train --algo {key} --env {MASKED_ENV_ID} -f {tmp_path} --conf-file {conf} {quiet}")
+    folder = run_folder(tmp_path, key, MASKED_ENV_ID)
+    model = registered()[key].load(folder / f"{MASKED_ENV_ID}.zip")
     assert model.use_masking and isinstance(model.policy, MaskableActorCriticPolicy)
     assert model.num_timesteps == 256
+    # the zoo's evaluation used the masks (MaskableEvalCallback): no invalid action, every episode lasts the horizon
+    lengths = np.load(folder / "evaluations.npz")["ep_lengths"]
+    assert lengths.shape == (2, 3) and (lengths == MaskedChoiceEnv.horizon).all()

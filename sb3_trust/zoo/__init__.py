@@ -34,7 +34,9 @@ What ``train`` adds to rl-zoo3's (through ``TrustExperimentManager``, for our ke
 - schedule strings (``parse_schedule``): ``lin_<v>`` also for ``ent_coef`` and ``kl_coef``, and ``cos_<v>``,
   ``lin_<start>_<end>``, ``cos_<start>_<end>`` for every schedule-capable key; ``lin_<v>`` becomes SB3's
   ``LinearSchedule``, which stays at its end value when the last rollout overshoots ``n_timesteps`` (rl-zoo3's own
-  goes below 0 there).
+  goes below 0 there);
+- a model with action masks (``use_masking``, on for an env with ``action_masks()``) is evaluated (``--eval-freq``)
+  with sb3-contrib's ``MaskableEvalCallback`` instead of SB3's ``EvalCallback``, i.e. with the masks.
 
 A ``batch_size`` larger than the rollout ``n_steps * n_envs`` is passed on as rl-zoo3 does: the algorithms accept it as
 SB3 does (a warning, one minibatch of the whole rollout).
@@ -68,7 +70,9 @@ except ImportError as e:  # pragma: no cover - depends on the install
     raise ImportError(
         f"sb3_trust.zoo needs rl-zoo3 and its dependencies ({e}): install them with `pip install 'sb3-trust[zoo]'`"
     ) from e
+from sb3_contrib.common.maskable.callbacks import MaskableEvalCallback
 from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import EvalCallback
 
 from sb3_trust import CosineSchedule, linear_schedule
 from sb3_trust.zoo import samplers
@@ -450,6 +454,12 @@ class TrustExperimentManager(ExperimentManager):
         hyperparams.update(handled)
         return hyperparams
 
+    def learn(self, model: BaseAlgorithm) -> None:
+        """rl-zoo3's, with the evaluation of a masked model (``use_masking``) done with its masks."""
+        if self._zoo_algo is not None and getattr(model, "use_masking", False):
+            self.callbacks = [_masked_evaluation(callback) for callback in self.callbacks]
+        super().learn(model)
+
     def _preprocess_hyperparams(
         self, hyperparams: dict[str, Any]
     ) -> tuple[dict[str, Any], Callable | None, list, Callable | None]:
@@ -463,6 +473,24 @@ class TrustExperimentManager(ExperimentManager):
         where = f" --env {self.env_name.gym_id} (from {sources})"
         check_hyperparams(self.algo, rl_zoo3.ALGOS[self.algo], processed, where=where)
         return processed, env_wrapper, callbacks, vec_env_wrapper
+
+
+def _masked_evaluation(callback: Any) -> Any:
+    """:return: rl-zoo3's ``EvalCallback`` as sb3-contrib's ``MaskableEvalCallback`` (same settings); others as given"""
+    if type(callback) is not EvalCallback:
+        return callback
+    return MaskableEvalCallback(
+        callback.eval_env,
+        callback_on_new_best=callback.callback_on_new_best,
+        n_eval_episodes=callback.n_eval_episodes,
+        eval_freq=callback.eval_freq,
+        log_path=None if callback.log_path is None else os.path.dirname(callback.log_path),
+        best_model_save_path=callback.best_model_save_path,
+        deterministic=callback.deterministic,
+        render=callback.render,
+        verbose=callback.verbose,
+        warn=callback.warn,
+    )
 
 
 @contextlib.contextmanager
