@@ -175,8 +175,9 @@ def test_masking_needs_masks_and_a_discrete_space():
         TrustPPO("MlpPolicy", "CartPole-v1", use_masking=True)
     with pytest.raises(ValueError, match="Discrete, MultiDiscrete or MultiBinary"):
         TrustTRPO("MlpPolicy", "Pendulum-v1", use_masking=True)
-    with pytest.raises(ValueError, match="use_masking"):
-        TrustPPO("MlpPolicy", MaskedChoiceEnv(), use_masking="yes")
+    for value in ("yes", 1.0, None):
+        with pytest.raises(ValueError, match="use_masking"):
+            TrustPPO("MlpPolicy", MaskedChoiceEnv(), use_masking=value)
     assert not TrustPPO("MlpPolicy", "CartPole-v1").use_masking  # "auto": no masks, SB3's PPO
     # the accelerator declines masked models (when it is available at all)
     expected = accel.unavailable_reason() or "action masks (the accelerator does not mask)"

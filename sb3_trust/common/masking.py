@@ -62,12 +62,10 @@ def setup_masking(algorithm: Any, use_masking: bool | str) -> None:
     :param algorithm: a TrustPPO or TrustTRPO model
     :param use_masking: ``True``, ``False`` or ``"auto"`` (on when the env has ``action_masks()`` or the policy is a
         ``MaskableActorCriticPolicy``)
-    :raise ValueError: for an unknown value, an env without ``action_masks()``, an action space, policy or buffer
+    :raise ValueError: for an env without ``action_masks()``, an action space, policy or buffer
         that cannot mask
     """
     name = type(algorithm).__name__
-    if use_masking not in (True, False, "auto"):
-        raise ValueError(f"`use_masking` must be True, False or 'auto', got {use_masking!r}")
     policy_class, env = algorithm.policy_class, algorithm.env
     maskable_policy = is_maskable_policy(policy_class)
     if env is None:  # load(): the saved setting and classes are restored after __init__

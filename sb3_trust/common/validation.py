@@ -155,7 +155,7 @@ def check_rollout_sizes(
 def check_common_on_policy_kwargs(given: Mapping[str, Any]) -> None:
     """
     Checks of the keywords that TrustPPO and TrustTRPO share: those of every SB3 on-policy algorithm, and ours
-    (``on_non_finite``, ``backend``, the reference-policy keywords).
+    (``on_non_finite``, ``backend``, ``use_masking``, the reference-policy keywords).
 
     :param given: the keywords given to the constructor (its ``locals()``)
     """
@@ -176,6 +176,8 @@ def check_common_on_policy_kwargs(given: Mapping[str, Any]) -> None:
         raise TypeError(f"`rollout_buffer_kwargs` must be a dict or None, got {rollout_buffer_kwargs!r}")
     check_choice("on_non_finite", given["on_non_finite"], NON_FINITE_ACTIONS)
     check_backend(given["backend"])
+    if given["use_masking"] not in (True, False, "auto") or not isinstance(given["use_masking"], (bool, str)):
+        raise ValueError(f"`use_masking` must be True, False or 'auto', got {given['use_masking']!r}")
     check_reference_kwargs(given)
 
 
