@@ -21,8 +21,10 @@ from sb3_contrib.common.maskable.distributions import (
 from sb3_contrib.common.maskable.evaluation import evaluate_policy
 from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy, MaskableMultiInputActorCriticPolicy
 from sb3_contrib.common.wrappers import ActionMasker
+from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.policies import ActorCriticPolicy
 
 from sb3_trust import TrustHealthCallback, TrustNPG, TrustPPO, TrustTRPO, accel
 from sb3_trust.common.kl import exact_kl
@@ -175,6 +177,10 @@ def test_masking_needs_masks_and_a_discrete_space():
         TrustPPO("MlpPolicy", "CartPole-v1", use_masking=True)
     with pytest.raises(ValueError, match="Discrete, MultiDiscrete or MultiBinary"):
         TrustTRPO("MlpPolicy", "Pendulum-v1", use_masking=True)
+    with pytest.raises(ValueError, match="MaskableRolloutBuffer"):
+        TrustPPO("MlpPolicy", MaskedChoiceEnv(), rollout_buffer_class=RolloutBuffer)
+    with pytest.raises(ValueError, match="subclasses sb3-contrib's MaskableActorCriticPolicy"):
+        TrustTRPO(type("CustomPolicy", (ActorCriticPolicy,), {}), MaskedChoiceEnv())
     for value in ("yes", 1.0, None):
         with pytest.raises(ValueError, match="use_masking"):
             TrustPPO("MlpPolicy", MaskedChoiceEnv(), use_masking=value)

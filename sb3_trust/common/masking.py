@@ -55,8 +55,8 @@ def mask_sizes(action_space: spaces.Space) -> list[int]:
 
 def setup_masking(algorithm: Any, use_masking: bool | str) -> None:
     """
-    Resolve ``use_masking`` and, when it is on, choose the maskable policy and rollout buffer classes. Called in the
-    algorithm's ``__init__`` after ``OnPolicyAlgorithm.__init__`` (before ``_setup_model``); sets
+    Resolve ``use_masking`` and, when it is on, choose the maskable policy class (and check the rollout buffer's).
+    Called in the algorithm's ``__init__`` after ``OnPolicyAlgorithm.__init__`` (before ``_setup_model``); sets
     ``algorithm.use_masking`` (a bool, saved with the model).
 
     :param algorithm: a TrustPPO or TrustTRPO model
@@ -94,10 +94,8 @@ def setup_masking(algorithm: Any, use_masking: bool | str) -> None:
                     f"got {getattr(policy_class, '__name__', policy_class)}"
                 )
             algorithm.policy_class = MASKABLE_POLICIES[policy_class]
-        if algorithm.rollout_buffer_class is None:
-            dict_obs = isinstance(algorithm.observation_space, spaces.Dict)
-            algorithm.rollout_buffer_class = MaskableDictRolloutBuffer if dict_obs else MaskableRolloutBuffer
-        elif not issubclass(algorithm.rollout_buffer_class, MASKABLE_BUFFERS):
+        # None: the maskable buffer, chosen by setup_masked_model
+        if algorithm.rollout_buffer_class is not None and not issubclass(algorithm.rollout_buffer_class, MASKABLE_BUFFERS):
             raise ValueError(
                 f"{name}: action masking needs a MaskableRolloutBuffer or MaskableDictRolloutBuffer, got "
                 f"rollout_buffer_class={algorithm.rollout_buffer_class.__name__}"
