@@ -51,7 +51,7 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
     Paper: https://arxiv.org/abs/1707.06347 (sections 3 and 4, Table 1)
     Code: https://github.com/DLR-RM/stable-baselines3 (PPO) and https://github.com/openai/baselines (value clipping)
 
-    Semantics (README, "Semantics"): the KL of the penalty, of ``train/kl`` and of the adaptive rules is the exact
+    Semantics (docs/variants.md, "Semantics"): the KL of the penalty, of ``train/kl`` and of the adaptive rules is the exact
     KL(π_old ‖ π_new), summed over action dimensions and averaged over states (π_old: a frozen copy of the policy at the
     start of each update); ``target_kl`` is SB3's early stop; advantages are normalised per minibatch, as in SB3.
 
