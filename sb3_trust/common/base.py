@@ -20,7 +20,13 @@ from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback
 from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_trust.common.masking import collect_masked_rollouts, is_maskable_policy, masked_predict, setup_masked_model
-from sb3_trust.common.reference import REFERENCE_KWARGS, after_collection, check_reference_kwargs, setup_reference
+from sb3_trust.common.reference import (
+    REFERENCE_KWARGS,
+    after_collection,
+    check_reference_kwargs,
+    set_reference_source,
+    setup_reference,
+)
 from sb3_trust.common.safety import FiniteObservations, ForeignFormat, check_saved_model
 from sb3_trust.common.validation import check_schedule_value
 
@@ -179,7 +185,5 @@ class TrustAlgorithmMixin:
         algorithm: Any = self
         settings = {name: getattr(algorithm, name) for name in REFERENCE_KWARGS}
         check_reference_kwargs({**settings, "reference_policy": reference_policy})
-        is_path = isinstance(reference_policy, (str, os.PathLike))
-        algorithm.reference_policy = os.fspath(reference_policy) if is_path else None
-        algorithm._reference_object = None if is_path else reference_policy
+        set_reference_source(algorithm, reference_policy)
         setup_reference(algorithm)

@@ -251,6 +251,19 @@ def check_reference_kwargs(given: Mapping[str, Any]) -> None:
         )
 
 
+def set_reference_source(algo: Any, reference_policy: Any) -> None:
+    """
+    Record where the reference policy comes from: a path is saved with the model (``reference_policy``), an object is
+    not (``_reference_object``).
+
+    :param algo: the algorithm
+    :param reference_policy: path, model, policy or None
+    """
+    is_path = isinstance(reference_policy, (str, os.PathLike))
+    algo.reference_policy = os.fspath(reference_policy) if is_path else None
+    algo._reference_object = None if is_path else reference_policy
+
+
 def init_reference(algo: Any, given: Mapping[str, Any]) -> None:
     """
     Store the reference settings on the algorithm (from ``__init__``).
@@ -262,10 +275,7 @@ def init_reference(algo: Any, given: Mapping[str, Any]) -> None:
     check_reference_kwargs(given)
     for name in REFERENCE_KWARGS:
         setattr(algo, name, given[name])
-    reference_policy = given["reference_policy"]
-    is_path = isinstance(reference_policy, (str, os.PathLike))
-    algo.reference_policy = os.fspath(reference_policy) if is_path else None
-    algo._reference_object = None if is_path else reference_policy
+    set_reference_source(algo, given["reference_policy"])
     algo.reference_policy_fingerprint = None
     coef = given["reference_kl_coef"]
     algo._reference_kl_coef = float(coef(1.0) if callable(coef) else coef)
