@@ -19,30 +19,31 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_trust.accel import kernels
 from sb3_trust.accel.network import PackedPolicy
+from sb3_trust.common.safety import NonFiniteError
 
 
 class PolicyForward:
     """
-    The kernel's forward pass of a packed policy for ``n_envs`` observations, with its output buffers allocated once.
+    The kernel's forward pass of a packed policy for ``n_envs`` observations, with its buffers allocated once.
 
     :param packed: the packed policy
     """
 
     def __init__(self, packed: PackedPolicy) -> None:
         self.packed = packed
-        self._buffers: dict[int, tuple[np.ndarray, ...]] = {}
-        self._empty = np.zeros((0, 0), np.float32)
+        self._buffers: dict[int, tuple[th.Tensor, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
 
-    def _outputs(self, n: int) -> tuple[np.ndarray, ...]:
+    def _outputs(self, n: int) -> tuple[th.Tensor, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """:return: for ``n`` observations, the random draws (a tensor and its NumPy view), actions, values, log_probs"""
         if n not in self._buffers:
             k = self.packed.n_out
-            # actions, values, log_probs, logits, probs
+            draws = th.empty((n, k))
             self._buffers[n] = (
+                draws,
+                draws.numpy(),
                 np.empty((n, k), np.float32),
                 np.empty(n, np.float32),
                 np.empty(n, np.float32),
-                np.empty((n, k), np.float32),
-                np.empty((n, k), np.float32),
             )
         return self._buffers[n]
 
@@ -56,29 +57,20 @@ class PolicyForward:
         """
         obs = np.ascontiguousarray(obs, dtype=np.float32)
         n = obs.shape[0]
-        actions, values, log_probs, logits, probs = self._outputs(n)
+        draws, noise, actions, values, log_probs = self._outputs(n)
         packed = self.packed
         if packed.categorical:
-            kernels.collect_forward(
-                packed.arrays,
-                packed.layout,
-                obs,
-                kernels.CATEGORICAL_PROBS,
-                self._empty,
-                actions,
-                values,
-                log_probs,
-                logits,
-                probs,
-            )
-            # Categorical.sample: multinomial on the probabilities, one draw per row
-            indices = th.multinomial(th.from_numpy(probs), 1, True).numpy().reshape(-1)
-            return indices, values.copy(), logits[np.arange(n), indices]
+            # Categorical.sample is multinomial(probs, 1, True), which for one sample takes argmax(p / q) with
+            # q = empty_like(probs).exponential_(): the same draws on torch's RNG
+            draws.exponential_()
+            if kernels.collect_forward(
+                packed.arrays, packed.layout, obs, kernels.CATEGORICAL_SAMPLE, noise, actions, values, log_probs
+            ):
+                raise NonFiniteError("non-finite action probabilities: the policy's output is NaN or infinite")
+            return actions[:, 0].astype(np.int64), values.copy(), log_probs.copy()
         # Normal.rsample: eps = empty(shape).normal_(), drawn before the network runs (the forward pass draws nothing)
-        noise = th.empty((n, packed.n_out)).normal_().numpy()
-        kernels.collect_forward(
-            packed.arrays, packed.layout, obs, kernels.GAUSSIAN_SAMPLE, noise, actions, values, log_probs, logits, probs
-        )
+        draws.normal_()
+        kernels.collect_forward(packed.arrays, packed.layout, obs, kernels.GAUSSIAN_SAMPLE, noise, actions, values, log_probs)
         return actions.copy(), values.copy(), log_probs.copy()
 
     def values(self, obs: np.ndarray) -> np.ndarray:
@@ -87,18 +79,9 @@ class PolicyForward:
         :return: ``policy.predict_values(obs)`` [n] (a new array)
         """
         obs = np.ascontiguousarray(obs, dtype=np.float32)
-        actions, values, log_probs, logits, probs = self._outputs(obs.shape[0])
+        _, noise, actions, values, log_probs = self._outputs(obs.shape[0])
         kernels.collect_forward(
-            self.packed.arrays,
-            self.packed.layout,
-            obs,
-            kernels.VALUES_ONLY,
-            self._empty,
-            actions,
-            values,
-            log_probs,
-            logits,
-            probs,
+            self.packed.arrays, self.packed.layout, obs, kernels.VALUES_ONLY, noise, actions, values, log_probs
         )
         return values.copy()
 
@@ -160,11 +143,13 @@ def collect_rollouts(
     rollout_buffer.reset()
     callback.on_rollout_start()
     is_box = isinstance(self.action_space, spaces.Box)
+    low, high = (self.action_space.low, self.action_space.high) if is_box else (None, None)
     is_discrete = isinstance(self.action_space, spaces.Discrete)
     action_shape = (env.num_envs, rollout_buffer.action_dim)
 
     while n_steps < n_rollout_steps:
-        obs_tensor = th.as_tensor(self._last_obs)
+        # as SB3's obs_to_tensor: a tensor sharing the observations' memory (from_numpy needs a writable array)
+        obs_tensor = th.from_numpy(self._last_obs) if self._last_obs.flags.writeable else th.as_tensor(self._last_obs)
         actions, values_np, log_probs_np = policy_forward.forward(self._last_obs)
         # As SB3's tensors, for the callbacks' locals
         values, log_probs = th.from_numpy(values_np.reshape(-1, 1)), th.from_numpy(log_probs_np)
@@ -173,7 +158,8 @@ def collect_rollouts(
         clipped_actions = actions
         if is_box:
             # Clip the actions to avoid out of bound error, as we are sampling from an unbounded Gaussian distribution
-            clipped_actions = np.clip(actions, self.action_space.low, self.action_space.high)
+            # np.clip(actions, low, high), which NumPy computes as minimum(maximum(.)) behind slower dispatch
+            clipped_actions = np.minimum(np.maximum(actions, low), high)
 
         new_obs, rewards, dones, infos = env.step(clipped_actions)
 
@@ -201,7 +187,7 @@ def collect_rollouts(
 
         # RolloutBuffer.add(self._last_obs, actions, rewards, self._last_episode_starts, values, log_probs)
         pos = rollout_buffer.pos
-        rollout_buffer.observations[pos] = np.array(self._last_obs)
+        rollout_buffer.observations[pos] = self._last_obs
         rollout_buffer.actions[pos] = actions.reshape(action_shape)
         rollout_buffer.rewards[pos] = rewards
         rollout_buffer.episode_starts[pos] = self._last_episode_starts

@@ -48,7 +48,7 @@ APPLIED, EARLY_STOP = 0, 1
 NON_FINITE = {2: "policy_loss", 3: "value_loss", 4: "entropy_loss", 5: "gradient_norm"}
 
 # Collection modes of ``collect_forward``
-GAUSSIAN_SAMPLE, CATEGORICAL_PROBS, VALUES_ONLY = 0, 1, 2
+GAUSSIAN_SAMPLE, CATEGORICAL_SAMPLE, VALUES_ONLY = 0, 1, 2
 
 _LOG_SQRT_2PI = np.float32(math.log(math.sqrt(2 * math.pi)))
 _ENTROPY_CONST = np.float32(0.5 + 0.5 * math.log(2 * math.pi))
@@ -211,19 +211,20 @@ def _normalised_logits(out):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True, error_model="numpy")
-def collect_forward(arrays, layout, obs, mode, noise, actions, values, log_probs, logits_out, probs_out):  # type: ignore[no-untyped-def]
+def collect_forward(arrays, layout, obs, mode, noise, actions, values, log_probs):  # type: ignore[no-untyped-def]
     """
-    The policy's forward pass for a collection step (``ActorCriticPolicy.forward`` without the random draw).
+    The policy's forward pass for a collection step (``ActorCriticPolicy.forward``), on the caller's random draws.
 
     :param obs: observations [n, obs_dim] (float32)
-    :param mode: ``GAUSSIAN_SAMPLE``: ``actions = mean + noise * std`` and their log-likelihood; ``CATEGORICAL_PROBS``:
-        the normalised logits and the probabilities (the caller draws the actions); ``VALUES_ONLY``: the values
-    :param noise: standard normal draws [n, n_out] (``GAUSSIAN_SAMPLE``)
-    :param actions: out, [n, n_out] (``GAUSSIAN_SAMPLE``)
+    :param mode: ``GAUSSIAN_SAMPLE``: ``actions = mean + noise * std`` and their log-likelihood (``Normal.rsample``);
+        ``CATEGORICAL_SAMPLE``: the index ``argmax_j p_j / noise_j`` written as ``actions[i, 0]`` and its
+        log-likelihood, which is how ``torch.multinomial(p, 1, True)`` draws one sample from exponential draws
+        ``noise``; ``VALUES_ONLY``: the values
+    :param noise: the draws [n, n_out]: standard normal (Gaussian) or exponential (Categorical)
+    :param actions: out, [n, n_out]
     :param values: out, [n]
-    :param log_probs: out, [n] (``GAUSSIAN_SAMPLE``)
-    :param logits_out: out, [n, n_out] (``CATEGORICAL_PROBS``)
-    :param probs_out: out, [n, n_out] (``CATEGORICAL_PROBS``)
+    :param log_probs: out, [n]
+    :return: 0, or 1 if a row of probabilities is not a distribution (NaN or infinite)
     """
     n_pi, n_vf = layout[L_N_PI], layout[L_N_VF]
     acts_pi = layout[L_ACTIVATIONS : L_ACTIVATIONS + n_pi]
@@ -233,14 +234,23 @@ def collect_forward(arrays, layout, obs, mode, noise, actions, values, log_probs
     for i in range(n):
         values[i] = critic[i, 0]
     if mode == VALUES_ONLY:
-        return
+        return 0
     out = _mlp_forward(arrays, 0, n_pi, acts_pi, obs)[-1]
     k = out.shape[1]
-    if mode == CATEGORICAL_PROBS:
+    if mode == CATEGORICAL_SAMPLE:
         logits, probs = _normalised_logits(out)
-        logits_out[:, :] = logits
-        probs_out[:, :] = probs
-        return
+        for i in range(n):
+            best, best_score = 0, np.float32(-1.0)
+            for j in range(k):
+                if not np.isfinite(probs[i, j]):
+                    return 1
+                # float32 division and the first maximum, as torch's div and argmax
+                score = probs[i, j] / noise[i, j]
+                if score > best_score:
+                    best, best_score = j, score
+            actions[i, 0] = best
+            log_probs[i] = logits[i, best]
+        return 0
     log_std = arrays[2 * (n_pi + n_vf)]
     for i in range(n):
         total = np.float32(0.0)
@@ -252,6 +262,7 @@ def collect_forward(arrays, layout, obs, mode, noise, actions, values, log_probs
             diff = action - out[i, j]
             total += -(diff * diff) / (np.float32(2.0) * (std * std)) - np.log(std) - _LOG_SQRT_2PI
         log_probs[i] = total
+    return 0
 
 
 @njit(cache=True, error_model="numpy")

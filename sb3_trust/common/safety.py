@@ -63,7 +63,7 @@ class FiniteObservations(VecEnvWrapper):
         arrays = obs.items() if isinstance(obs, dict) else [(None, obs)]
         for key, array in arrays:
             array = np.asarray(array)
-            if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+            if array.dtype.kind == "f" and not np.isfinite(array).all():
                 env, *_ = np.argwhere(~np.isfinite(array))[0]
                 name = "observation" if key is None else f"observation '{key}'"
                 bad = array[np.unravel_index(np.argmax(~np.isfinite(array)), array.shape)]
