@@ -104,7 +104,7 @@ def _measure(algo: str, config_name: str, seed: int, queue: "mp.Queue[dict[str, 
         warm.learn(warm.n_steps * warm.n_envs)
         del warm
     model = _build(algo, config, seed)
-    timers = {"collect": 0.0, "train": 0.0}
+    timers = {"collect": 0.0, "train": 0.0, "env": 0.0}
 
     def timed(name: str, function: Any) -> Any:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -118,6 +118,9 @@ def _measure(algo: str, config_name: str, seed: int, queue: "mp.Queue[dict[str, 
 
     model.collect_rollouts = timed("collect", model.collect_rollouts)
     model.train = timed("train", model.train)
+    # The env's own time on this run's trajectories (the policy's episodes, not random actions')
+    env = model.get_env()
+    env.step_wait = timed("env", env.step_wait)
     start = time.perf_counter()
     model.learn(config.timesteps)
     wall = time.perf_counter() - start
@@ -126,6 +129,7 @@ def _measure(algo: str, config_name: str, seed: int, queue: "mp.Queue[dict[str, 
             steps_per_s=model.num_timesteps / wall,
             collect_s=timers["collect"],
             train_s=timers["train"],
+            env_s=timers["env"],
             wall_s=wall,
             peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             backends=f"{getattr(model, 'collect_backend', '-')}/{getattr(model, 'train_backend', '-')}",
@@ -333,9 +337,9 @@ def main(argv: list[str] | None = None) -> None:
     lines = [
         "| config | reference steps/s | ours steps/s | **median ratio** | ratio, kernels loaded before the clock "
         "| ours (reference path) ratio | ours: collect/train path | ref collect / train (s) | ours collect / train (s) "
-        "| env-only steps/s | ours vs env-only time | arithmetic floor (s) | best possible ratio | ours vs floor time "
-        "| ref / ours / ours-reference-path peak RSS (MB) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| env-only steps/s | ours vs env-only time | env time in our run (s) | ours vs that env time "
+        "| arithmetic floor (s) | best possible ratio | ours vs floor time | ref / ours / ours-reference-path peak RSS (MB) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     print(lines[0], flush=True)
     for name in args.configs:
@@ -374,7 +378,9 @@ def main(argv: list[str] | None = None) -> None:
             f"| {runs[config.ours][0]['backends']} "
             f"| {median(config.reference, 'collect_s'):.2f} / {median(config.reference, 'train_s'):.2f} "
             f"| {median(config.ours, 'collect_s'):.2f} / {median(config.ours, 'train_s'):.2f} "
-            f"| {env_only:.0f} | {env_only / ours_fps:.1f}x | {floor} "
+            f"| {env_only:.0f} | {env_only / ours_fps:.1f}x "
+            f"| {median(config.ours, 'env_s'):.2f} | {median(config.ours, 'wall_s') / median(config.ours, 'env_s'):.2f}x "
+            f"| {floor} "
             f"| {median(config.reference, 'peak_rss_mb'):.0f} / {median(config.ours, 'peak_rss_mb'):.0f} "
             f"/ {median(reference_path, 'peak_rss_mb'):.0f} |"
         )
@@ -411,7 +417,10 @@ def main(argv: list[str] | None = None) -> None:
             "(SB3's policy API and autograd only). Every measurement starts in a fresh process and includes the "
             "accelerator's loading of its compiled kernels from Numba's cache; 'kernels loaded before the clock' is the "
             "same run after one rollout and update of another model in the process (the steady state of a longer run).",
-            "'ours vs env-only time' = how many times longer our training takes than stepping the env alone.",
+            "'ours vs env-only time' = how many times longer our training takes than stepping the env alone with random "
+            "actions; 'env time in our run' = the time our run spent inside the VecEnv's `step_wait` (the env on the "
+            "policy's own trajectories, whose episodes differ from random actions': longer, with other physics), and "
+            "'ours vs that env time' = our wall time over it: how much of our time is not the env's.",
             "'arithmetic floor' (PPO configs) = env-only time + the time of the matrix products that the same update "
             "computes (actor and critic forward per collection step; forward, weight- and input-gradient products per "
             "minibatch), each timed alone on one thread with `th.mm` and with NumPy's `matmul`, the faster of the two; "
