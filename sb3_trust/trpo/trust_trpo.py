@@ -282,10 +282,11 @@ class TrustTRPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         setup_reference(self)
         # Which path runs collection and training, and the accelerator's runners (never saved)
         self.collect_backend = self.train_backend = "reference"
-        self.backend_reasons: dict[str, str | None] = {"train": "the accelerator trains TrustPPO only"}
+        self.backend_reasons: dict[str, str | None] = {}
         self._runners: dict[str, tuple[Any, Any]] = {}
         if self.backend == "accelerated":  # fail now rather than at the first rollout
             self._accelerated("collect", accel.can_run, accel.collector)
+            self._accelerated("train", accel.can_run, accel.trpo_step)
 
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "_runners", *REFERENCE_EXCLUDED_SAVE_PARAMS]
@@ -480,12 +481,6 @@ class TrustTRPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         finally:
             for param, flag in zip(actor_params, requires_grad, strict=True):
                 param.requires_grad_(flag)
-        if n_skipped > 0:
-            warn(
-                f"{type(self).__name__}: non-finite value loss in {n_skipped} critic minibatch(es) at update "
-                f"{self._n_updates + 1}, skipped (see `train/critic_step_skipped`). Usual causes: unnormalised rewards "
-                "(VecNormalize), a too large learning_rate"
-            )
         return value_losses, n_skipped
 
     def _reference_loss_coef(self) -> float | None:
@@ -509,9 +504,16 @@ class TrustTRPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         self._update_learning_rate(self.policy.optimizer)
 
         # The actor's natural-gradient step (line search or NPG), in place, then the critic's regression
-        problem = self._actor_problem(self._actor_batch())
+        runner = self._accelerated("train", accel.can_run, accel.trpo_step)  # None: the reference path
+        problem = (self._actor_problem if runner is None else runner.actor_problem)(self._actor_batch())
         actor_stats = self._solve_actor_step(problem)
-        value_losses, n_critic_skipped = self._critic_step(problem.actor_params)
+        value_losses, n_critic_skipped = (self._critic_step if runner is None else runner.critic_step)(problem.actor_params)
+        if n_critic_skipped > 0:
+            warn(
+                f"{type(self).__name__}: non-finite value loss in {n_critic_skipped} critic minibatch(es) at update "
+                f"{self._n_updates + 1}, skipped (see `train/critic_step_skipped`). Usual causes: unnormalised rewards "
+                "(VecNormalize), a too large learning_rate"
+            )
 
         self._n_updates += 1
         explained_var = explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten())
