@@ -4,8 +4,6 @@ for the reference path's CG, maximal step and line search, and the critic's mini
 policy's own parameters and ``th.optim.Adam`` state.
 """
 
-from typing import Any
-
 import numpy as np
 import torch as th
 
@@ -21,10 +19,6 @@ class TRPOStep(AdamRunner):
 
     :param model: the TrustTRPO model
     """
-
-    def __init__(self, model: Any) -> None:
-        super().__init__(model)
-        self._loss = np.zeros(1, np.float64)
 
     @staticmethod
     def _stepped(packed: PackedPolicy) -> slice:
@@ -90,34 +84,39 @@ class TRPOStep(AdamRunner):
 
     def critic_step(self, actor_params: list[th.Tensor]) -> tuple[list[float], int]:
         """
-        What TrustTRPO's reference ``_critic_step`` does: ``n_critic_updates`` epochs over ``rollout_buffer.get`` (the
-        same draws of the NumPy RNG), a minibatch with a non-finite loss skipped, the actor untouched.
+        What TrustTRPO's reference ``_critic_step`` does: ``n_critic_updates`` epochs of minibatches of ``batch_size``,
+        a minibatch with a non-finite loss skipped, the actor untouched; in one kernel call. The minibatches are those
+        of ``rollout_buffer.get(batch_size)`` (SB3's ``RolloutBuffer``, which ``can_run`` requires): one
+        ``np.random.permutation`` of the samples per epoch, drawn here in the same order, so the NumPy RNG stays in step.
 
         :param actor_params: the parameters of the actor step (the kernel does not step them)
         :return: the minibatch losses, and the number of minibatches skipped because of a non-finite loss
         """
         model = self.model
+        buffer = model.rollout_buffer
         arrays, created = self._adam_state()
         packed = self._packed
         assert packed is not None
-        hyper = self._hyper_parameters()
-        value_losses: list[float] = []
-        n_skipped = 0
-        for _ in range(model.n_critic_updates):
-            for rollout_data in model.rollout_buffer.get(model.batch_size):
-                code = trpo_kernels.critic_minibatch(
-                    arrays,
-                    packed.layout,
-                    _numpy(rollout_data.observations, 2),  # type: ignore[arg-type]
-                    _numpy(rollout_data.returns, 1),
-                    hyper,
-                    self._grad_buffer,
-                    self._loss,
-                )
-                value_losses.append(float(self._loss[0]))
-                if code == trpo_kernels.CRITIC_APPLIED:
-                    created = []  # the state a step was applied with stays
-                else:
-                    n_skipped += 1
+        size = buffer.buffer_size * buffer.n_envs
+        draws = [np.random.permutation(size) for _ in range(model.n_critic_updates)]
+        permutations = np.array(draws, np.int64).reshape(-1, size)
+        # get() flattens the buffer's arrays (n_steps, n_envs, ...) -> (n_steps * n_envs, ...) in place at its first call
+        observations, returns = buffer.observations, buffer.returns
+        if not buffer.generator_ready:
+            observations, returns = buffer.swap_and_flatten(observations), buffer.swap_and_flatten(returns)
+        losses = np.zeros(model.n_critic_updates * -(-size // model.batch_size), np.float64)
+        n_skipped = trpo_kernels.critic_epochs(
+            arrays,
+            packed.layout,
+            np.ascontiguousarray(observations.reshape(size, -1), dtype=np.float32),
+            np.ascontiguousarray(returns.reshape(size), dtype=np.float32),
+            permutations,
+            model.batch_size,
+            self._hyper_parameters(),
+            self._grad_buffer,
+            losses,
+        )
+        if n_skipped < len(losses):
+            created = []  # the state a step was applied with stays
         self._forget(created)
-        return value_losses, n_skipped
+        return losses.tolist(), n_skipped

@@ -249,3 +249,34 @@ def critic_minibatch(arrays, layout, obs, returns, hyper, grad_buffer, loss):  #
     _mlp_backward(arrays, grads, 0, n_vf, acts_vf, critic, grad_values)
     _adam(arrays, grads, 2 * n_vf, hyper, np.float32(1.0))
     return CRITIC_APPLIED
+
+
+@njit(cache=True, error_model="numpy")
+def critic_epochs(arrays, layout, obs, returns, permutations, batch_size, hyper, grad_buffer, losses):  # type: ignore[no-untyped-def]
+    """
+    The critic's epochs: for each row of ``permutations``, ``critic_minibatch`` on its consecutive slices of
+    ``batch_size`` samples (the last one shorter), as SB3's ``RolloutBuffer.get(batch_size)`` draws them.
+
+    :param obs: the whole rollout's observations [N, obs_dim] float32; ``returns`` [N]
+    :param permutations: [n_epochs, N] int64, one permutation of the samples per epoch
+    :param losses: out, the loss of each minibatch in order
+    :return: the number of minibatches skipped because of a non-finite loss
+    """
+    n_epochs, size = permutations.shape
+    loss = np.zeros(1)
+    count = 0
+    n_skipped = 0
+    for epoch in range(n_epochs):
+        for start in range(0, size, batch_size):
+            rows = min(batch_size, size - start)
+            batch_obs = np.empty((rows, obs.shape[1]), np.float32)
+            batch_returns = np.empty(rows, np.float32)
+            for row in range(rows):
+                index = permutations[epoch, start + row]
+                batch_obs[row, :] = obs[index, :]
+                batch_returns[row] = returns[index]
+            if critic_minibatch(arrays, layout, batch_obs, batch_returns, hyper, grad_buffer, loss) != CRITIC_APPLIED:
+                n_skipped += 1
+            losses[count] = loss[0]
+            count += 1
+    return n_skipped
