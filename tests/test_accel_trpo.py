@@ -22,7 +22,7 @@ pytestmark = pytest.mark.skipif(accel.unavailable_reason() is not None, reason=s
 
 th.set_num_threads(1)
 
-ENVS = ["CartPole-v1", "Pendulum-v1"]
+ENVS = ["CartPole-v1", "Pendulum-v1", "LunarLanderContinuous-v3"]  # Categorical, Gaussian with 1 and 2 dimensions
 
 
 def collected(env_id: str, cls: type = TrustTRPO, n_steps: int = 64, **kwargs) -> TrustTRPO:
@@ -147,6 +147,8 @@ def train_both(model: TrustTRPO) -> tuple[ActorCriticPolicy, dict, dict]:
         ("Pendulum-v1", TrustTRPO, dict(kl_convention="contrib", policy_kwargs=dict(net_arch=[32], activation_fn=nn.ReLU))),
         ("CartPole-v1", TrustTRPO, dict(sub_sampling_factor=2, normalize_advantage=False)),
         ("Pendulum-v1", TrustTRPO, dict(sub_sampling_factor=3, normalize_advantage=False, kl_convention="contrib")),
+        ("CartPole-v1", TrustTRPO, dict(policy_kwargs=dict(net_arch=[]))),
+        ("LunarLanderContinuous-v3", TrustTRPO, dict(kl_convention="contrib", policy_kwargs=dict(net_arch=dict(pi=[8], vf=[])))),
         ("CartPole-v1", TrustNPG, {}),
         ("Pendulum-v1", TrustNPG, dict(kl_convention="contrib")),
     ],
