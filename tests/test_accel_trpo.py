@@ -148,7 +148,7 @@ def train_both(model: TrustTRPO) -> tuple[ActorCriticPolicy, dict, dict]:
         ("CartPole-v1", TrustTRPO, dict(sub_sampling_factor=2, normalize_advantage=False)),
         ("Pendulum-v1", TrustTRPO, dict(sub_sampling_factor=3, normalize_advantage=False, kl_convention="contrib")),
         ("CartPole-v1", TrustTRPO, dict(policy_kwargs=dict(net_arch=[]))),
-        ("LunarLanderContinuous-v3", TrustTRPO, dict(kl_convention="contrib", policy_kwargs=dict(net_arch=dict(pi=[8], vf=[])))),
+        ("LunarLanderContinuous-v3", TrustTRPO, dict(kl_convention="contrib", policy_kwargs=dict(net_arch=dict(pi=[8], vf=[4])))),
         ("CartPole-v1", TrustNPG, {}),
         ("Pendulum-v1", TrustNPG, dict(kl_convention="contrib")),
     ],
