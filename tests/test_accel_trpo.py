@@ -22,6 +22,7 @@ pytestmark = pytest.mark.skipif(accel.unavailable_reason() is not None, reason=s
 
 th.set_num_threads(1)
 
+NARROW = dict(pi=[8], vf=[4])  # actor and critic of different widths
 ENVS = ["CartPole-v1", "Pendulum-v1", "LunarLanderContinuous-v3"]  # Categorical, Gaussian with 1 and 2 dimensions
 
 
@@ -148,7 +149,7 @@ def train_both(model: TrustTRPO) -> tuple[ActorCriticPolicy, dict, dict]:
         ("CartPole-v1", TrustTRPO, dict(sub_sampling_factor=2, normalize_advantage=False)),
         ("Pendulum-v1", TrustTRPO, dict(sub_sampling_factor=3, normalize_advantage=False, kl_convention="contrib")),
         ("CartPole-v1", TrustTRPO, dict(policy_kwargs=dict(net_arch=[]))),
-        ("LunarLanderContinuous-v3", TrustTRPO, dict(kl_convention="contrib", policy_kwargs=dict(net_arch=dict(pi=[8], vf=[4])))),
+        ("LunarLanderContinuous-v3", TrustTRPO, dict(kl_convention="contrib", policy_kwargs=dict(net_arch=NARROW))),
         ("CartPole-v1", TrustNPG, {}),
         ("Pendulum-v1", TrustNPG, dict(kl_convention="contrib")),
     ],
@@ -231,4 +232,3 @@ def test_backend_reference_forces_the_reference_path():
     assert accel.can_run(model, "train") is None
     model.learn(32)
     assert model.train_backend == "reference" and model.backend_reasons["train"] == "backend='reference'"
-
