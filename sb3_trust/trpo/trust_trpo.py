@@ -65,7 +65,7 @@ class TrustTRPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
 
     1. **Actor step** on the whole rollout (every ``sub_sampling_factor``-th sample), advantages normalised over it.
        CG solves ``(F + cg_damping I) s = g`` for the surrogate's gradient ``g``, ``F`` being the Hessian of the mean KL
-       at θ_old, applied by double backpropagation; the maximal step is ``β = sqrt(2 δ / sᵀ F s)`` with δ =
+       at θ_old (double backpropagation; the accelerator: closed form); the maximal step is ``β = sqrt(2 δ / sᵀ F s)``, δ =
        ``target_kl`` (the trust-region radius, not PPO's early stop). ``step_rule="line_search"`` (TRPO) tries
        ``θ_old + α β s`` for ``α = 1, c, c², …`` and keeps the first step within δ that improves the surrogate (none:
        the actor is restored exactly); ``step_rule="npg"`` takes ``θ_old + β s``.
