@@ -60,13 +60,15 @@ class TRPOStep(AdamRunner):
         kl_scale = 1.0 / packed.n_out if contrib and not packed.categorical else 1.0
         damping = float(self.model.cg_damping)
         weights = packed.views[: packed.n_actor_params : 2]
-        tangents = kernels.array_list([np.empty((obs.shape[0], weight.shape[0]), np.float32) for weight in weights])
+        tangents, scratch = (
+            kernels.array_list([np.empty((obs.shape[0], weight.shape[0]), np.float32) for weight in weights]) for _ in range(2)
+        )
 
         def fisher_vector_product(vector: th.Tensor) -> th.Tensor:
             vector = vector.detach().contiguous()
             product = th.empty_like(vector)
             trpo_kernels.fisher_vector_product(
-                arrays, layout, outputs, old_b, vector.numpy(), offsets, product.numpy(), damping, kl_scale, tangents
+                arrays, layout, outputs, old_b, vector.numpy(), offsets, product.numpy(), damping, kl_scale, tangents, scratch
             )
             return product
 

@@ -115,21 +115,27 @@ def actor_problem(arrays, layout, obs, actions, old_log_prob, advantages, offset
 
 
 @njit(cache=True, error_model="numpy")
-def _jvp(arrays, n_pi, acts_pi, outputs, v, tangents):  # type: ignore[no-untyped-def]
-    """Forward mode: the tangent of each actor layer's output along ``v`` (the input's is 0), into ``tangents``."""
+def _jvp(arrays, n_pi, acts_pi, outputs, v, tangents, scratch):  # type: ignore[no-untyped-def]
+    """
+    Forward mode: the tangent of each actor layer's output along ``v`` (the input's is 0), into ``tangents``;
+    ``scratch`` is as ``tangents``, preallocated (a rollout's rows make a temporary too large for malloc's free lists).
+    """
     for layer in range(n_pi):
         index = 2 * layer
         tangent = tangents[layer]
         np.dot(outputs[layer], v[index].T, tangent)
+        carried = scratch[layer]  # the input's tangent through the weights (0 for the first layer)
         if layer > 0:
-            tangent += np.dot(tangents[layer - 1], arrays[index].T)
+            np.dot(tangents[layer - 1], arrays[index].T, carried)
+        else:
+            carried[:, :] = 0.0
         bias = v[index + 1]
         y = outputs[layer + 1]
         rows, cols = tangent.shape
         activation = acts_pi[layer]
         for i in range(rows):
             for j in range(cols):
-                t = tangent[i, j] + bias[0, j]
+                t = tangent[i, j] + carried[i, j] + bias[0, j]
                 if activation == TANH:
                     t = t * (np.float32(1.0) - y[i, j] * y[i, j])
                 elif activation == RELU and not y[i, j] > 0:
@@ -157,7 +163,7 @@ def _kl_hessian_product(head, param_b, categorical, scale):  # type: ignore[no-u
 
 @njit(cache=True, error_model="numpy")
 def fisher_vector_product(  # type: ignore[no-untyped-def]
-    arrays, layout, outputs, param_b, vector, offsets, out, damping, kl_scale, tangents
+    arrays, layout, outputs, param_b, vector, offsets, out, damping, kl_scale, tangents, scratch
 ):
     """
     ``out = (F + damping I) vector`` at θ_old (see the module's docstring).
@@ -167,14 +173,14 @@ def fisher_vector_product(  # type: ignore[no-untyped-def]
     :param vector: flat float32, laid out as the actor's parameters
     :param out: flat float32 result, same layout
     :param kl_scale: the KL's factor (``1 / k`` for a KL averaged over a Gaussian's ``k`` dimensions, else 1)
-    :param tangents: workspace, one [n, width] float32 array per actor layer
+    :param tangents: workspace, one [n, width] float32 array per actor layer; ``scratch`` another
     """
     n_pi, n_vf, categorical = layout[L_N_PI], layout[L_N_VF], layout[L_CATEGORICAL] != 0
     acts_pi = layout[L_ACTIVATIONS : L_ACTIVATIONS + n_pi]
     log_std_index = -1 if categorical else 2 * (n_pi + n_vf)
     n = outputs[0].shape[0]
     v = _flat_views(vector, arrays, n_pi, log_std_index, offsets)
-    _jvp(arrays, n_pi, acts_pi, outputs, v, tangents)
+    _jvp(arrays, n_pi, acts_pi, outputs, v, tangents, scratch)
     # H (J v), with the mean's 1/n: the gradient of the output to pull back through the MLP
     head = tangents[n_pi - 1]
     k = head.shape[1]
