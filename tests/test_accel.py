@@ -645,7 +645,7 @@ def test_can_run_reasons(monkeypatch):
     assert accel.can_run(model, "train") is None
     without_loss = ppo_model()
     del without_loss.policy_loss
-    assert accel.can_run(without_loss, "train") == "the accelerator trains TrustPPO only"
+    assert accel.can_run(without_loss, "train") == "the accelerator trains TrustPPO, TrustTRPO and TrustNPG only"
     assert accel.can_run(without_loss, "collect") is None
     frozen = ppo_model()
     frozen.policy.action_net.bias.requires_grad_(False)

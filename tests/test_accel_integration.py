@@ -104,15 +104,16 @@ def test_auto_falls_back_with_a_reason():
 
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
 def test_trust_trpo_collection(env_id):
-    """TrustTRPO collects with the accelerator and trains on the reference path. Its rollouts agree to float32 rounding;
-    its conjugate-gradient step amplifies that rounding (about 1e-4 of the step on ``log_std`` here, as any rounding
-    change does), so the parameters are compared with an absolute tolerance of 1e-5."""
+    """TrustTRPO collects and trains with the accelerator. Its rollouts agree to float32 rounding; its conjugate-gradient
+    step amplifies that rounding (up to 1e-3 of the step on ``log_std`` here, as any rounding change does), so the
+    parameters are compared with an absolute tolerance of 3e-5 (tests/test_accel_trpo.py compares one update on the same
+    rollout within 1e-5 relative)."""
     model = learn(TrustTRPO, env_id, "accelerated")
     expected = learn(TrustTRPO, env_id, "reference")
     assert (model.collect_backend, expected.collect_backend) == ("accelerated", "reference")
-    assert model.train_backend == "reference"
+    assert (model.train_backend, expected.train_backend) == ("accelerated", "reference")
     for name in ("observations", "actions", "values", "log_probs", "rewards", "advantages", "returns"):
         got, want = getattr(model.rollout_buffer, name), getattr(expected.rollout_buffer, name)
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=name)
     for param, expected_param in zip(model.policy.parameters(), expected.policy.parameters(), strict=True):
-        th.testing.assert_close(param, expected_param, rtol=1e-5, atol=1e-5)
+        th.testing.assert_close(param, expected_param, rtol=1e-5, atol=3e-5)

@@ -421,7 +421,8 @@ def test_npg_step():
 
 
 def test_critic_never_moves_actor():
-    model = silent(TrustTRPO("MlpPolicy", "Pendulum-v1", **SMALL))
+    # The reference path's critic step (tests/test_accel_trpo.py holds the accelerator's to it)
+    model = silent(TrustTRPO("MlpPolicy", "Pendulum-v1", backend="reference", **SMALL))
     capture = CaptureCriticPhase(model)
     model.learn(128)
     assert len(capture.calls) == 2
@@ -631,7 +632,9 @@ def test_bad_curvature_skips_actor_step(monkeypatch, s_f_s, kl_convention):
     monkeypatch.setattr(trust_trpo_module, "fisher_vector_product_fn", bad(trust_region.fisher_vector_product_fn))
     # CG from zero (paper) makes cg_max_steps products, contrib's random start one more; the next one is sᵀFs's
     n_cg_products = 3 + (kl_convention == "contrib")
-    model = silent(TrustTRPO("MlpPolicy", "CartPole-v1", cg_max_steps=3, kl_convention=kl_convention, **SMALL))
+    # The reference path's products are patched (the step's checks are the same on both paths)
+    model = TrustTRPO("MlpPolicy", "CartPole-v1", cg_max_steps=3, kl_convention=kl_convention, backend="reference", **SMALL)
+    model = silent(model)
     before = _actor_state(model)
     with pytest.warns(UserWarning, match="sᵀFs"):
         model.learn(64)

@@ -4,13 +4,18 @@ The optional accelerator: a faster computation of what the reference path comput
 This module is its whole interface; nothing outside ``sb3_trust.accel`` imports anything else from it.
 
 - ``can_run(model, part)`` says whether the accelerator can run ``part`` of ``model`` (``"collect"``: the rollout
-  collection of TrustPPO and TrustTRPO; ``"train"``: TrustPPO's minibatch step), and if not, why (a reason string).
+  collection of TrustPPO and TrustTRPO; ``"train"``: TrustPPO's minibatch step, TrustTRPO's (and TrustNPG's) update),
+  and if not, why (a reason string).
 - ``collector(model)`` returns an object whose ``collect_rollouts(model, env, callback, rollout_buffer,
   n_rollout_steps) -> bool`` has the semantics of SB3's ``OnPolicyAlgorithm.collect_rollouts``.
 - ``ppo_step(model)`` returns a ``PPOStep``: ``begin_update(old_policy)`` at the start of each update, then one call
   per minibatch, ``step(rollout_data, settings) -> MinibatchStats``, which does what TrustPPO's reference step does
   (loss, k3 early stop, non-finite check, gradient clipping, the optimizer's Adam step, in place on the policy's own
   parameters and optimizer state).
+- ``trpo_step(model)`` returns a ``TRPOStep``: ``actor_problem(batch) -> ActorProblem`` (the surrogate, its gradient,
+  the damped Fisher-vector product in closed form and the line search's evaluation, for TrustTRPO's CG and line search)
+  and ``critic_step(actor_params) -> (value_losses, n_skipped)`` (the critic's epochs of minibatch Adam steps, in place
+  on the policy's parameters and optimizer state, minibatches drawn from the rollout buffer as the reference path does).
 - ``ACCELERATED_LOSSES``: the names of TrustPPO's registry that the accelerator implements. Any other loss is trained
   by the reference path.
 
@@ -26,10 +31,12 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # the implementations import Numba; this module must import without it
     from sb3_trust.accel.collect import Collector
     from sb3_trust.accel.step import PPOStep
+    from sb3_trust.accel.trpo import TRPOStep
 
 ACCELERATED_LOSSES: frozenset[str] = frozenset({"clip", "kl_penalty", "unclipped"})
 PARTS = ("collect", "train")
 VF_CLIP_MODES = ("sb3", "max")
+KL_CONVENTIONS = ("paper", "contrib")
 
 
 def unavailable_reason() -> str | None:
@@ -105,19 +112,34 @@ def _optimizer_reason(policy: Any) -> str | None:
     return None
 
 
+def _reference_loss_reason(model: Any) -> str | None:
+    """:return: the reason if the model places a reference KL in its loss, else ``None``"""
+    if getattr(model, "_reference", None) is not None and getattr(model, "reference_kl_mode", None) == "loss":
+        return "the reference KL in the loss (reference_kl_mode='loss')"
+    return None
+
+
+def _trpo_train_reason(model: Any) -> str | None:
+    """:return: why the accelerator cannot run a TrustTRPO (or TrustNPG) model's update, or ``None``"""
+    kl_convention = getattr(model, "kl_convention", None)
+    if kl_convention not in KL_CONVENTIONS:
+        return f"kl_convention {kl_convention!r} (the accelerator implements paper, contrib)"
+    return _reference_loss_reason(model) or _optimizer_reason(model.policy)
+
+
 def _train_reason(model: Any) -> str | None:
-    """:return: why the accelerator cannot take the model's minibatch steps, or ``None``"""
+    """:return: why the accelerator cannot take the model's minibatch steps (TrustPPO) or update (TrustTRPO), or ``None``"""
+    if hasattr(model, "cg_damping"):
+        return _trpo_train_reason(model)
     if not hasattr(model, "policy_loss"):
-        return "the accelerator trains TrustPPO only"
+        return "the accelerator trains TrustPPO, TrustTRPO and TrustNPG only"
     if model.policy_loss not in ACCELERATED_LOSSES:
         implemented = ", ".join(sorted(ACCELERATED_LOSSES))
         return f"policy_loss {model.policy_loss!r} (the accelerator implements {implemented})"
     vf_clip_mode = getattr(model, "vf_clip_mode", None)
     if vf_clip_mode not in VF_CLIP_MODES:
         return f"vf_clip_mode {vf_clip_mode!r} (the accelerator implements sb3, max)"
-    if getattr(model, "_reference", None) is not None and getattr(model, "reference_kl_mode", None) == "loss":
-        return "the reference KL in the loss (reference_kl_mode='loss')"
-    return _optimizer_reason(model.policy)
+    return _reference_loss_reason(model) or _optimizer_reason(model.policy)
 
 
 def can_run(model: Any, part: str) -> str | None:
@@ -160,3 +182,17 @@ def ppo_step(model: Any) -> "PPOStep":
     from sb3_trust.accel.step import PPOStep
 
     return PPOStep(model)
+
+
+def trpo_step(model: Any) -> "TRPOStep":
+    """
+    :param model: a TrustTRPO (or TrustNPG) model with ``can_run(model, "train") is None``
+    :return: its update (``actor_problem(batch) -> ActorProblem``, ``critic_step(actor_params) -> (value_losses,
+        n_skipped)``)
+    """
+    reason = can_run(model, "train")
+    if reason is not None:
+        raise ValueError(f"the accelerator cannot train this model: {reason}")
+    from sb3_trust.accel.trpo import TRPOStep
+
+    return TRPOStep(model)

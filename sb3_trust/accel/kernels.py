@@ -301,6 +301,34 @@ def _head(out, arrays, log_std_index, categorical, actions):  # type: ignore[no-
 
 
 @njit(cache=True, error_model="numpy")
+def log_prob_backward(categorical, actions, param_a, param_b, grad_log_prob, grad_out, grad_log_std):  # type: ignore[no-untyped-def]
+    """
+    The derivative of ``Σ_i grad_log_prob[i] · log π(a_i|s_i)`` with respect to the actor's output, added to
+    ``grad_out`` [n, k], and (Gaussian) with respect to ``log_std``, added to ``grad_log_std`` [1, k].
+
+    :param param_a: the normalised logits, or the mean (see ``_head``)
+    :param param_b: the probabilities, or the std [1, k]
+    """
+    n, k = grad_out.shape
+    if categorical:
+        probs = param_b
+        for i in range(n):
+            for j in range(k):
+                grad_out[i, j] += -grad_log_prob[i] * probs[i, j]
+            grad_out[i, int(actions[i, 0])] += grad_log_prob[i]
+        return
+    mean, std = param_a, param_b
+    for j in range(k):
+        variance = std[0, j] * std[0, j]
+        accumulated = np.float32(0.0)
+        for i in range(n):
+            diff = actions[i, j] - mean[i, j]
+            grad_out[i, j] += grad_log_prob[i] * (diff / variance)
+            accumulated += grad_log_prob[i] * (diff * diff / variance - np.float32(1.0))
+        grad_log_std[0, j] += accumulated
+
+
+@njit(cache=True, error_model="numpy")
 def _normalize(advantages, normalize):  # type: ignore[no-untyped-def]
     """``(A - mean) / (std + 1e-8)`` with the unbiased std, as SB3; one sample (or ``normalize`` false) unchanged."""
     n = advantages.shape[0]
@@ -469,6 +497,18 @@ def _adam_tensor(  # type: ignore[no-untyped-def]
             param[i] = p + step_size * (m / (np.sqrt(v) / bias_sqrt + eps))
 
 
+@njit(cache=True, error_model="numpy")
+def grad_views(grad_buffer, arrays, n_params):  # type: ignore[no-untyped-def]
+    """:return: views of the gradient workspace, one per parameter ``arrays[:n_params]``, shaped as it, in order"""
+    grads = []
+    offset = 0
+    for index in range(n_params):
+        rows, cols = arrays[index].shape
+        grads.append(grad_buffer[offset : offset + rows * cols].reshape(rows, cols))
+        offset += rows * cols
+    return grads
+
+
 @njit(cache=True, error_model="numpy", fastmath={"reassoc"})
 def _norm(x):  # type: ignore[no-untyped-def]
     """:return: the L2 norm of a float32 vector, accumulated in float64 (reassociated: it vectorises)"""
@@ -588,25 +628,17 @@ def ppo_minibatch(  # type: ignore[no-untyped-def]  # noqa: C901
     grad_out = np.zeros((n, k), np.float32)
     grad_log_std = np.zeros((1, k), np.float32)
     grad_log_prob = grad_ratio * ratio  # exp's backward: grad * result
-    if categorical:
+    # The entropy term first: the surrogate's is then added in the order of the sums the reference path computes
+    if categorical and ent_coef != 0:
         logits, probs = param_a, param_b
         entropy_scale = np.float32(ent_coef / n)
         for i in range(n):
             for j in range(k):
-                grad_out[i, j] = -grad_log_prob[i] * probs[i, j]
-                if ent_coef != 0:
-                    grad_out[i, j] += entropy_scale * probs[i, j] * (max(logits[i, j], _FLOAT32_MIN) + entropy[i])
-            grad_out[i, int(actions[i, 0])] += grad_log_prob[i]
-    else:
-        mean, std = param_a, param_b
+                grad_out[i, j] = entropy_scale * probs[i, j] * (max(logits[i, j], _FLOAT32_MIN) + entropy[i])
+    elif not categorical:
         for j in range(k):
-            variance = std[0, j] * std[0, j]
-            accumulated = np.float32(0.0)
-            for i in range(n):
-                diff = actions[i, j] - mean[i, j]
-                grad_out[i, j] = grad_log_prob[i] * (diff / variance)
-                accumulated += grad_log_prob[i] * (diff * diff / variance - np.float32(1.0))
-            grad_log_std[0, j] = accumulated - np.float32(ent_coef)
+            grad_log_std[0, j] = -np.float32(ent_coef)
+    log_prob_backward(categorical, actions, param_a, param_b, grad_log_prob, grad_out, grad_log_std)
     if loss_kind == 2:
         old_out = _mlp_forward(old_arrays, 0, n_pi, acts_pi, obs)[-1]
         if categorical:
@@ -646,19 +678,13 @@ def ppo_minibatch(  # type: ignore[no-untyped-def]  # noqa: C901
     if not math.isfinite(entropy_loss):
         return 4
 
-    # Views of the gradient workspace, one per parameter
-    grads = []
-    offset = 0
-    for index in range(n_params):
-        rows, cols = arrays[index].shape
-        grads.append(grad_buffer[offset : offset + rows * cols].reshape(rows, cols))
-        offset += rows * cols
+    grads = grad_views(grad_buffer, arrays, n_params)
     _mlp_backward(arrays, grads, 0, n_pi, acts_pi, actor, grad_out)
     _mlp_backward(arrays, grads, n_pi, n_vf, acts_vf, critic, grad_values)
     if not categorical:
         grads[log_std_index][0, :] = grad_log_std[0, :]
 
-    norm = _norm(grad_buffer[:offset])
+    norm = _norm(grad_buffer)
     stats[9] = norm
     if not math.isfinite(norm):
         return 5

@@ -30,24 +30,26 @@ def _numpy(tensor: th.Tensor, ndim: int) -> np.ndarray:
     return array
 
 
-class PPOStep:
+class AdamRunner:
     """
-    The accelerator's TrustPPO minibatch step for ``model`` (``can_run(model, "train") is None``).
+    The policy packed for the kernels, and the policy's own ``th.optim.Adam`` state of the parameters a kernel steps
+    (``_stepped``), as a typed list: those parameters' views, then their ``exp_avg``, ``exp_avg_sq`` and ``step``.
 
-    :param model: the TrustPPO model
+    :param model: the model whose policy and optimizer are used
     """
 
     def __init__(self, model: Any) -> None:
         self.model = model
         self._packed: PackedPolicy | None = None
-        self._old_arrays: Any = None
-        self._settings = np.zeros(kernels.N_SETTINGS, np.float64)
-        self._settings_key: tuple | None = None
-        self._stats = np.zeros(kernels.N_STATS, np.float64)
         self._state_list: Any = None
         self._state: Any = None
         self._state_entries: list[dict] = []
         self._state_tensors: list[th.Tensor] = []
+
+    @staticmethod
+    def _stepped(packed: PackedPolicy) -> slice:
+        """:return: which of ``packed.params`` the kernel's Adam steps (all of them)"""
+        return slice(None)
 
     def _pack(self) -> PackedPolicy:
         """:return: the packed policy, packed again if the policy's modules or tensors were replaced"""
@@ -55,65 +57,64 @@ class PPOStep:
         if self._packed is None or not self._packed.is_current(policy):
             self._packed = PackedPolicy(policy)
             self._state_list = None
-            n_params = len(self._packed.params)
-            self._hyper = np.zeros((n_params, kernels.N_HYPER), np.float64)
-            self._grad_buffer = np.zeros(sum(param.numel() for param in self._packed.params), np.float32)
+            stepped = self._packed.params[self._stepped(self._packed)]
+            self._hyper = np.zeros((len(stepped), kernels.N_HYPER), np.float64)
+            self._grad_buffer = np.zeros(sum(param.numel() for param in stepped), np.float32)
         return self._packed
-
-    def begin_update(self, old_policy: Any) -> None:
-        """
-        Start an update: check that the policy is still the one packed (its modules, its tensors), and keep π_old's
-        actor. Between two calls the policy's modules must not be replaced (their parameters may be loaded, or their
-        tensors replaced: each step checks those, and the optimizer's state).
-
-        :param old_policy: a frozen copy of the policy at the start of the update (needed for ``kl_penalty``)
-        """
-        packed = self._pack()
-        self._old_arrays = packed.old_actor(old_policy) if old_policy is not None else None
 
     def _adam_state(self) -> tuple[Any, list[th.Tensor]]:
         """
         :return: the typed list of parameters and Adam state for the kernel, and the parameters whose state was created
-            now (as torch's Adam creates it at its first step; removed again if the step is not applied)
+            now (as torch's Adam creates it at its first step; ``_forget`` them if the step is not applied)
         """
         packed = self._packed if self._packed is not None else self._pack()
         if packed.pointers() != packed.data_pointers:  # a parameter's tensor was replaced
             packed = self._pack()
+        params = packed.params[self._stepped(packed)]
         state = self.model.policy.optimizer.state
         created = []
         if (
             self._state_list is not None
             and state is self._state
-            and all(state.get(param) is entries for param, entries in zip(packed.params, self._state_entries, strict=True))
+            and all(state.get(param) is entries for param, entries in zip(params, self._state_entries, strict=True))
         ):
             return self._state_list, created
-        for param in packed.params:
+        for param in params:
             if len(state[param]) == 0:
                 state[param]["step"] = th.zeros((), dtype=_scalar_dtype())
                 state[param]["exp_avg"] = th.zeros_like(param, memory_format=th.preserve_format)
                 state[param]["exp_avg_sq"] = th.zeros_like(param, memory_format=th.preserve_format)
                 created.append(param)
-        tensors = [state[param][key] for key in ("exp_avg", "exp_avg_sq", "step") for param in packed.params]
+        tensors = [state[param][key] for key in ("exp_avg", "exp_avg_sq", "step") for param in params]
         for tensor in tensors:
             if tensor.dtype != th.float32 or not tensor.is_contiguous() or tensor.device.type != "cpu":
                 raise TypeError(f"the accelerator needs float32 CPU Adam state, got {tensor.dtype} {tensor.device}")
-        self._state_list = kernels.array_list([*packed.views, *(as_2d(tensor) for tensor in tensors)])
+        views = packed.views[self._stepped(packed)]
+        self._state_list = kernels.array_list([*views, *(as_2d(tensor) for tensor in tensors)])
         # Torch replaces the whole state (load_state_dict) or a parameter's entries: both are seen by identity. Holding
         # them keeps their ids from being reused by other objects.
         self._state = state
-        self._state_entries = [state[param] for param in packed.params]
+        self._state_entries = [state[param] for param in params]
         self._state_tensors = tensors
         return self._state_list, created
 
+    def _forget(self, created: list[th.Tensor]) -> None:
+        """As torch's Adam: no state before a parameter's first applied step."""
+        state = self.model.policy.optimizer.state
+        for param in created:
+            del state[param]
+        if created:
+            self._state_list = None
+
     def _hyper_parameters(self) -> np.ndarray:
-        """:return: the Adam hyper-parameters of each parameter, read from its param group now"""
+        """:return: the Adam hyper-parameters of each stepped parameter, read from its param group now"""
         packed = self._packed
         assert packed is not None
         groups = self.model.policy.optimizer.param_groups
         if len(groups) == 1:
             self._hyper[:] = self._group_row(groups[0])
             return self._hyper
-        position = {id(param): index for index, param in enumerate(packed.params)}
+        position = {id(param): index for index, param in enumerate(packed.params[self._stepped(packed)])}
         for group in groups:
             row = self._group_row(group)
             for param in group["params"]:
@@ -126,6 +127,32 @@ class PPOStep:
         beta1, beta2 = group["betas"]
         decoupled = float(bool(group.get("decoupled_weight_decay", False)))
         return [float(group["lr"]), float(beta1), float(beta2), float(group["eps"]), float(group["weight_decay"]), decoupled]
+
+
+class PPOStep(AdamRunner):
+    """
+    The accelerator's TrustPPO minibatch step for ``model`` (``can_run(model, "train") is None``).
+
+    :param model: the TrustPPO model
+    """
+
+    def __init__(self, model: Any) -> None:
+        super().__init__(model)
+        self._old_arrays: Any = None
+        self._settings = np.zeros(kernels.N_SETTINGS, np.float64)
+        self._settings_key: tuple | None = None
+        self._stats = np.zeros(kernels.N_STATS, np.float64)
+
+    def begin_update(self, old_policy: Any) -> None:
+        """
+        Start an update: check that the policy is still the one packed (its modules, its tensors), and keep π_old's
+        actor. Between two calls the policy's modules must not be replaced (their parameters may be loaded, or their
+        tensors replaced: each step checks those, and the optimizer's state).
+
+        :param old_policy: a frozen copy of the policy at the start of the update (needed for ``kl_penalty``)
+        """
+        packed = self._pack()
+        self._old_arrays = packed.old_actor(old_policy) if old_policy is not None else None
 
     def _settings_vector(self, settings: LossSettings) -> np.ndarray:
         key = (settings, tuple(sorted(settings.loss_kwargs.items())))
@@ -181,12 +208,7 @@ class PPOStep:
             self._stats,
         )
         if code != kernels.APPLIED:
-            # As torch's Adam: no state before its first applied step
-            state = self.model.policy.optimizer.state
-            for param in created:
-                del state[param]
-            if created:
-                self._state_list = None
+            self._forget(created)
         if code in kernels.NON_FINITE:
             name = kernels.NON_FINITE[code]
             value = self._stats[kernels.STATS.index(name)]

@@ -3,7 +3,6 @@ import math
 import os
 from typing import Any, ClassVar, Literal, TypeVar
 
-import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.base_class import BaseAlgorithm
@@ -13,7 +12,6 @@ from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, Schedule
 from stable_baselines3.common.utils import explained_variance
-from torch.nn import functional as F
 
 from sb3_trust import accel
 from sb3_trust.common.base import TrustAlgorithmMixin
@@ -29,6 +27,7 @@ from sb3_trust.common.reference import (
     setup_reference,
 )
 from sb3_trust.common.safety import ForeignFormat, guarded_update
+from sb3_trust.common.trpo_update import actor_batch, critic_epochs, record_update
 from sb3_trust.common.trust_region import (
     ActorBatch,
     ActorProblem,
@@ -66,7 +65,7 @@ class TrustTRPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
 
     1. **Actor step** on the whole rollout (every ``sub_sampling_factor``-th sample), advantages normalised over it.
        CG solves ``(F + cg_damping I) s = g`` for the surrogate's gradient ``g``, ``F`` being the Hessian of the mean KL
-       at θ_old, applied by double backpropagation; the maximal step is ``β = sqrt(2 δ / sᵀ F s)`` with δ =
+       at θ_old (double backpropagation; the accelerator: closed form); the maximal step is ``β = sqrt(2 δ / sᵀ F s)``, δ =
        ``target_kl`` (the trust-region radius, not PPO's early stop). ``step_rule="line_search"`` (TRPO) tries
        ``θ_old + α β s`` for ``α = 1, c, c², …`` and keeps the first step within δ that improves the surrogate (none:
        the actor is restored exactly); ``step_rule="npg"`` takes ``θ_old + β s``.
@@ -82,8 +81,8 @@ class TrustTRPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
     ``sᵀ F s <= 0`` skips the actor step with a warning (``train/actor_step_skipped``); a critic minibatch with a
     non-finite loss is skipped (``train/critic_step_skipped``).
 
-    **Computation**: SB3's policy API and autograd, for every policy, space, dtype and device; rollout collection on the
-    optional accelerator ``sb3_trust.accel`` where it can run (see ``backend``).
+    **Computation**: SB3's policy API and autograd, for every policy, space, dtype and device; collection and update on
+    the optional accelerator ``sb3_trust.accel`` where it can run (closed-form products, see ``backend``).
 
     :param policy: The policy model to use (MlpPolicy, CnnPolicy, ...)
     :param env: The environment to learn from (if registered in Gym, can be str)
@@ -135,7 +134,7 @@ class TrustTRPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
     :param reference_kl_target: target of the β controller (Ziegler et al. 2019), or ``None``
     :param reference_kl_horizon: horizon (in samples) of that controller
     :param backend: ``"auto"`` (default), ``"reference"`` or ``"accelerated"``, as in ``TrustPPO`` (the accelerator
-        collects rollouts; the update runs on the reference path)
+        collects rollouts and runs the update: the actor step's quantities in closed form, the critic's epochs)
     :param use_masking: invalid-action masking (sb3-contrib's interface), as in ``TrustPPO``: ``"auto"`` (default, on
         when the env has ``action_masks()``), ``True`` or ``False``; the KL and its Fisher-vector products are then
         those of the masked distributions
@@ -282,10 +281,11 @@ class TrustTRPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         setup_reference(self)
         # Which path runs collection and training, and the accelerator's runners (never saved)
         self.collect_backend = self.train_backend = "reference"
-        self.backend_reasons: dict[str, str | None] = {"train": "the accelerator trains TrustPPO only"}
+        self.backend_reasons: dict[str, str | None] = {}
         self._runners: dict[str, tuple[Any, Any]] = {}
         if self.backend == "accelerated":  # fail now rather than at the first rollout
             self._accelerated("collect", accel.can_run, accel.collector)
+            self._accelerated("train", accel.can_run, accel.trpo_step)
 
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "_runners", *REFERENCE_EXCLUDED_SAVE_PARAMS]
@@ -295,31 +295,9 @@ class TrustTRPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         return self._accelerated("collect", accel.can_run, accel.collector)
 
     def _actor_batch(self) -> ActorBatch:
-        """
-        The whole rollout as one batch (optionally sub-sampled), with normalised advantages.
-        """
-        # `get` shuffles even the full batch: drawing this permutation keeps the numpy RNG (critic minibatches) in step
-        # with sb3-contrib, and the sub-sample is a random one
-        rollout_data = next(self.rollout_buffer.get(batch_size=None))
-        observations = rollout_data.observations
-        actions = rollout_data.actions
-        old_log_prob = rollout_data.old_log_prob
-        advantages = rollout_data.advantages
-        action_masks = mask_kwargs(rollout_data).get("action_masks")
-        if self.sub_sampling_factor > 1:
-            every = self.sub_sampling_factor
-            if isinstance(observations, dict):
-                observations = {key: obs[::every] for key, obs in observations.items()}
-            else:
-                observations = observations[::every]
-            actions, old_log_prob, advantages = actions[::every], old_log_prob[::every], advantages[::every]
-            action_masks = None if action_masks is None else action_masks[::every]
-        if isinstance(self.action_space, spaces.Discrete):
-            # Convert discrete action from float to long
-            actions = actions.long().flatten()
-        if self.normalize_advantage:
-            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-        return ActorBatch(observations, actions, old_log_prob, advantages, action_masks)
+        """The whole rollout as one batch (see ``sb3_trust.common.trpo_update.actor_batch``)."""
+        discrete = isinstance(self.action_space, spaces.Discrete)
+        return actor_batch(self.rollout_buffer, self.sub_sampling_factor, self.normalize_advantage, discrete)
 
     def _skip_actor_step(self, what: str, policy_objective: float, cg_residual: float = math.nan) -> ActorStepStats:
         self._n_actor_steps_skipped += 1
@@ -450,43 +428,8 @@ class TrustTRPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         )
 
     def _critic_step(self, actor_params: list[th.Tensor]) -> tuple[list[float], int]:
-        """
-        ``n_critic_updates`` epochs of minibatch MSE regression of the value function on the returns.
-        The actor parameters are frozen meanwhile, so that the shared optimizer cannot move them
-        (contrib computes their gradients and sets them to ``None`` before the step: same result).
-
-        :param actor_params: the parameters of the actor step
-        :return: the minibatch losses, and the number of minibatches skipped because of a non-finite loss
-        """
-        value_losses: list[float] = []
-        n_skipped = 0
-        requires_grad = [param.requires_grad for param in actor_params]
-        for param in actor_params:
-            param.requires_grad_(False)
-        try:
-            for _ in range(self.n_critic_updates):
-                for rollout_data in self.rollout_buffer.get(self.batch_size):
-                    values_pred = self.policy.predict_values(rollout_data.observations)
-                    value_loss = F.mse_loss(rollout_data.returns, values_pred.flatten())
-                    value_losses.append(value_loss.item())
-                    if not value_loss.requires_grad:
-                        continue  # the critic has no parameter of its own
-                    if not math.isfinite(value_losses[-1]):
-                        n_skipped += 1
-                        continue
-                    self.policy.optimizer.zero_grad()
-                    value_loss.backward()
-                    self.policy.optimizer.step()
-        finally:
-            for param, flag in zip(actor_params, requires_grad, strict=True):
-                param.requires_grad_(flag)
-        if n_skipped > 0:
-            warn(
-                f"{type(self).__name__}: non-finite value loss in {n_skipped} critic minibatch(es) at update "
-                f"{self._n_updates + 1}, skipped (see `train/critic_step_skipped`). Usual causes: unnormalised rewards "
-                "(VecNormalize), a too large learning_rate"
-            )
-        return value_losses, n_skipped
+        """The reference path's critic epochs (see ``sb3_trust.common.trpo_update.critic_epochs``)."""
+        return critic_epochs(self.policy, self.rollout_buffer, self.n_critic_updates, self.batch_size, actor_params)
 
     def _reference_loss_coef(self) -> float | None:
         """:return: β of the reference KL when it is placed in the loss, else ``None``"""
@@ -509,27 +452,15 @@ class TrustTRPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         self._update_learning_rate(self.policy.optimizer)
 
         # The actor's natural-gradient step (line search or NPG), in place, then the critic's regression
-        problem = self._actor_problem(self._actor_batch())
+        runner = self._accelerated("train", accel.can_run, accel.trpo_step)  # None: the reference path
+        problem = (self._actor_problem if runner is None else runner.actor_problem)(self._actor_batch())
         actor_stats = self._solve_actor_step(problem)
-        value_losses, n_critic_skipped = self._critic_step(problem.actor_params)
+        value_losses, n_critic_skipped = (self._critic_step if runner is None else runner.critic_step)(problem.actor_params)
 
         self._n_updates += 1
         explained_var = explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten())
-
-        step = actor_stats.step
-        self.logger.record("train/policy_objective", actor_stats.policy_objective)
-        self.logger.record("train/kl", actor_stats.kl)
-        self.logger.record("train/kl_divergence_loss", step.kl)
-        self.logger.record("train/surrogate_improvement", step.surrogate_improvement)
-        self.logger.record("train/expected_improvement", step.expected_improvement)
-        self.logger.record("train/is_line_search_success", float(step.success))
-        self.logger.record("train/line_search_backtracks", step.n_backtracks)
-        self.logger.record("train/step_size", actor_stats.step_size)
-        self.logger.record("train/cg_residual", actor_stats.cg_residual)
+        record_update(type(self).__name__, self.logger, actor_stats, value_losses, n_critic_skipped, self._n_updates)
         self.logger.record("train/actor_step_skipped", self._n_actor_steps_skipped)
-        self.logger.record("train/critic_step_skipped", n_critic_skipped)
-        if value_losses:
-            self.logger.record("train/value_loss", np.mean(value_losses))
         self.logger.record("train/explained_variance", explained_var)
         if hasattr(self.policy, "log_std"):
             self.logger.record("train/std", th.exp(self.policy.log_std).mean().item())
