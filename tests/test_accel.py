@@ -718,3 +718,21 @@ def test_flatten_extractor_required():
 
     model = ppo_model(policy_kwargs=dict(features_extractor_class=Extractor))
     assert "features extractor Extractor" in accel.can_run(model, "collect")
+
+
+@pytest.mark.parametrize("algo", ["TrustPPO", "TrustTRPO"])
+def test_scipy_blas_gets_torch_thread_count(algo):
+    """The kernels' BLAS (SciPy's) runs as many threads as torch, set at each collection and update."""
+    import sb3_trust
+    from sb3_trust.accel.threads import scipy_blas_threads
+
+    threads = th.get_num_threads()
+    model = getattr(sb3_trust, algo)("MlpPolicy", "CartPole-v1", n_steps=32, batch_size=32, device="cpu")
+    try:
+        for wanted in (2, 1):
+            th.set_num_threads(wanted)
+            model.learn(32)
+            assert model.collect_backend == model.train_backend == "accelerated"
+            assert scipy_blas_threads() and all(count == wanted for count in scipy_blas_threads())
+    finally:
+        th.set_num_threads(threads)

@@ -19,7 +19,7 @@ This module is its whole interface; nothing outside ``sb3_trust.accel`` imports 
 - ``ACCELERATED_LOSSES``: the names of TrustPPO's registry that the accelerator implements. Any other loss is trained
   by the reference path.
 
-The accelerator needs the ``fast`` extra (Numba and SciPy). Without it, or with ``SB3_TRUST_ACCEL=0`` in the
+The accelerator needs the ``fast`` extra (Numba, SciPy and threadpoolctl). Without it, or with ``SB3_TRUST_ACCEL=0`` in the
 environment, ``can_run`` gives the reason and everything runs on the reference path. It declines models with
 invalid-action masking (``use_masking``): the reference path runs them.
 """
@@ -45,7 +45,7 @@ def unavailable_reason() -> str | None:
     """
     if os.environ.get("SB3_TRUST_ACCEL") == "0":
         return "disabled by SB3_TRUST_ACCEL=0"
-    for module in ("numba", "scipy"):
+    for module in ("numba", "scipy", "threadpoolctl"):
         try:
             importlib.import_module(module)
         except ImportError as error:

@@ -19,6 +19,7 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_trust.accel import kernels
 from sb3_trust.accel.network import PackedPolicy
+from sb3_trust.accel.threads import match_torch_threads
 from sb3_trust.common.safety import NonFiniteError
 
 
@@ -116,6 +117,7 @@ class Collector:
         :return: True if function returned with at least `n_rollout_steps` collected, False if callback terminated
             rollout prematurely.
         """
+        match_torch_threads()
         return collect_rollouts(model, self._current(model), env, callback, rollout_buffer, n_rollout_steps)
 
 

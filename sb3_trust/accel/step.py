@@ -13,6 +13,7 @@ from stable_baselines3.common.buffers import RolloutBufferSamples
 
 from sb3_trust.accel import kernels
 from sb3_trust.accel.network import PackedPolicy, as_2d
+from sb3_trust.accel.threads import match_torch_threads
 from sb3_trust.common.safety import NonFiniteError
 from sb3_trust.common.update import LossSettings, MinibatchStats
 
@@ -151,6 +152,7 @@ class PPOStep(AdamRunner):
 
         :param old_policy: a frozen copy of the policy at the start of the update (needed for ``kl_penalty``)
         """
+        match_torch_threads()
         packed = self._pack()
         self._old_arrays = packed.old_actor(old_policy) if old_policy is not None else None
 

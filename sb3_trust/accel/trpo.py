@@ -10,6 +10,7 @@ import torch as th
 from sb3_trust.accel import kernels, trpo_kernels
 from sb3_trust.accel.network import PackedPolicy
 from sb3_trust.accel.step import AdamRunner, _numpy
+from sb3_trust.accel.threads import match_torch_threads
 from sb3_trust.common.trust_region import ActorBatch, ActorProblem
 
 
@@ -46,6 +47,7 @@ class TRPOStep(AdamRunner):
         :param batch: the actor batch (advantages already normalised if so configured; no action masks)
         :return: the problem
         """
+        match_torch_threads()  # for the products made here and in the returned functions
         packed = self._pack()
         actor_params, offsets = self._actor_layout(packed)
         layout, arrays = packed.layout, packed.arrays
@@ -94,6 +96,7 @@ class TRPOStep(AdamRunner):
         :param actor_params: the parameters of the actor step (the kernel does not step them)
         :return: the minibatch losses, and the number of minibatches skipped because of a non-finite loss
         """
+        match_torch_threads()
         model = self.model
         buffer = model.rollout_buffer
         arrays, created = self._adam_state()
