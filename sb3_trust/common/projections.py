@@ -273,19 +273,24 @@ class TrustRegionProjection:
         self._max: dict[str, float] = {}
         self._count = 0
 
-    @staticmethod
-    def check_distribution(distribution: Distribution, name: str) -> None:
+    @classmethod
+    def for_model(cls, model: Any) -> "TrustRegionProjection | None":
         """
-        :param distribution: the policy's action distribution
-        :param name: the projection's name, for the message
-        :raise TypeError: unless it is SB3's (unsquashed) ``DiagGaussianDistribution``
+        :param model: a TrustPPO model with its policy built
+        :return: its projection, or ``None`` when ``model.projection`` is ``None``
+        :raise TypeError: unless the policy's action distribution is SB3's (unsquashed) ``DiagGaussianDistribution``
         """
+        name = model.projection
+        if name is None:
+            return None
+        distribution = model.policy.action_dist
         if type(distribution) is not DiagGaussianDistribution:
             raise TypeError(
                 f"`projection={name!r}` projects Gaussian policies (SB3's DiagGaussianDistribution, a Box action space "
                 f"without gSDE or squashing); this policy's action distribution is {type(distribution).__name__}. "
                 "Discrete actions are not supported: the paper's projections are for Gaussians."
             )
+        return cls(name, model.projection_mean_bound, model.projection_cov_bound, model.projection_coef)
 
     def __call__(self, distribution: Distribution, old_distribution: Distribution) -> tuple[Distribution, th.Tensor]:
         """
