@@ -35,8 +35,8 @@ The solutions:
 - KL covariance (paper, section 4.3): the interpolation of the precisions (natural parameters),
   ``Σ̃⁻¹ = (Σ⁻¹ + η Σ_old⁻¹) / (1 + η)``, with η ≥ 0 the per-state root of ``d_cov(Σ̃(η), Σ_old) = ε_Σ`` (the
   stationarity condition of the paper's dual). It has no closed form: ``kl_covariance_projection`` finds it by
-  bisection on ``t = η / (1 + η) ∈ [0, 1]`` (d_cov decreases monotonically along the path) and differentiates it
-  implicitly: ``dt/dλ = -(∂g/∂λ) / (∂g/∂t)`` at the root, ``g(t, λ) = d_cov(Σ̃(t)) - ε_Σ``.
+  Newton's method safeguarded by bisection on ``t = η / (1 + η) ∈ [0, 1]`` (d_cov decreases monotonically along the
+  path) and differentiates it implicitly: ``dt/dλ = -(∂g/∂λ) / (∂g/∂t)`` at the root, ``g(t, λ) = d_cov(Σ̃(t)) - ε_Σ``.
 
 Not implemented: the paper's entropy control (an extra bound on the entropy's decrease) and full covariances.
 """
@@ -51,8 +51,8 @@ from stable_baselines3.common.distributions import DiagGaussianDistribution, Dis
 
 from sb3_trust.common.validation import check_choice, check_number
 
-# Bisection steps of the KL covariance multiplier, in float64: 2⁻⁶⁰ on t ∈ [0, 1], below float64's resolution near 1
-KL_BISECTION_STEPS = 60
+# Largest number of steps of the search for the KL covariance multiplier (safeguarded Newton; a handful suffice)
+KL_SEARCH_STEPS = 60
 
 
 def mahalanobis(mean: th.Tensor, old_mean: th.Tensor, old_std: th.Tensor) -> th.Tensor:
@@ -147,13 +147,27 @@ def _kl_constraint(precision: th.Tensor, old_precision: th.Tensor) -> th.Tensor:
     return 0.5 * (ratio - 1 - th.log(ratio)).sum(dim=-1)
 
 
+def _kl_excess_and_slope(
+    t: th.Tensor, precision: th.Tensor, old_precision: th.Tensor, bound: float
+) -> tuple[th.Tensor, th.Tensor]:
+    """
+    :return: ``g(t) = KL_cov(Σ̃(t) ‖ Σ_old) - ε_Σ`` and ``∂g/∂t = Σ_i ∂g/∂λ̃_i · (λ_old,i - λ_i)``, with
+        ``∂g/∂λ̃_i = ½ (1 - λ_old,i / λ̃_i) / λ̃_i``, per state (shape ``[batch, 1]``; ∂g/∂t < 0 where g > -ε_Σ)
+    """
+    path = _kl_path(t, precision, old_precision)
+    excess = _kl_constraint(path, old_precision).unsqueeze(-1) - bound
+    slope = (0.5 * (1 - old_precision / path) / path * (old_precision - precision)).sum(dim=-1, keepdim=True)
+    return excess, slope
+
+
 def kl_covariance_projection(std: th.Tensor, old_std: th.Tensor, bound: float) -> th.Tensor:
     """
     The KL covariance projection (paper, section 4.3): ``Σ̃⁻¹ = (1 - t)·Σ⁻¹ + t·Σ_old⁻¹`` with, per state,
     ``t = η / (1 + η)`` the root of ``g(t) = KL_cov(Σ̃(t) ‖ Σ_old) - ε_Σ`` where ``KL_cov(Σ ‖ Σ_old) > ε_Σ``
     (else ``t = 0``: unchanged).
 
-    The root is found without gradients by bisection (g decreases from ``KL_cov(Σ ‖ Σ_old)`` at t = 0 to 0 at t = 1);
+    The root is found without gradients by Newton's method kept inside a bisection bracket (g decreases from
+    ``KL_cov(Σ ‖ Σ_old)`` at t = 0 to 0 at t = 1);
     its gradient is the implicit function theorem's, ``dt/dλ = -(∂g/∂λ) / (∂g/∂t)``, obtained by one Newton step
     ``t = t* - g(t*, λ) / ∂g/∂t(t*)`` taken with autograd on ``λ`` and ``∂g/∂t`` held constant (its value changes by
     ``g(t*) ≈ 0``, its derivative in λ is exactly the implicit one).
@@ -165,25 +179,29 @@ def kl_covariance_projection(std: th.Tensor, old_std: th.Tensor, bound: float) -
     """
     precision, old_precision = std**-2, old_std.detach() ** -2
     with th.no_grad():
+        # Newton's method on t in float64, kept inside the bracket [low, high] of the root (bisection when a step
+        # leaves it), until |g| ≤ 1e-12·ε_Σ: about 5 steps from the start below
         lam, lam_old = precision.double(), old_precision.double()
-        outside = _kl_constraint(lam, lam_old) > bound
-        low, high = th.zeros_like(lam[..., :1]), th.ones_like(lam[..., :1])
-        for _ in range(KL_BISECTION_STEPS):
-            middle = (low + high) / 2
-            above = (_kl_constraint(_kl_path(middle, lam, lam_old), lam_old) > bound).unsqueeze(-1)
-            low, high = th.where(above, middle, low), th.where(above, high, middle)
-        # high: the side of the root that satisfies the bound; t = 0 for the states already inside
-        root = th.where(outside.unsqueeze(-1), high, th.zeros_like(high))
-        path = _kl_path(root, lam, lam_old)
-        # ∂g/∂t = Σ_i ∂g/∂λ̃_i · (λ_old,i - λ_i), ∂g/∂λ̃_i = ½ (1 - λ_old,i / λ̃_i) / λ̃_i; < 0 at a root of an outside
-        # state, set to -1 elsewhere (the Newton step then adds exactly 0 there)
-        slope = (0.5 * (1 - lam_old / path) / path * (lam_old - lam)).sum(dim=-1, keepdim=True)
-        slope = th.where(outside.unsqueeze(-1), slope, -th.ones_like(slope))
-        root, slope = root.to(std.dtype), slope.to(std.dtype)
-    residual = _kl_constraint(_kl_path(root, precision, old_precision), old_precision).unsqueeze(-1) - bound
-    residual = th.where(outside.unsqueeze(-1), residual, th.zeros_like(residual))
-    t = root - residual / slope
-    return th.where(outside.unsqueeze(-1), _kl_path(t, precision, old_precision) ** -0.5, std)
+        distance = _kl_constraint(lam, lam_old).unsqueeze(-1)
+        outside = distance > bound
+        low, high = th.zeros_like(distance), th.ones_like(distance)
+        # Start where the quadratic approximation of the KL, g(t) + ε ≈ (1 - t)²·KL_cov(Σ ‖ Σ_old), puts the root
+        root = th.where(outside, 1 - th.sqrt(bound / distance.clamp(min=bound)), low)
+        for _ in range(KL_SEARCH_STEPS):
+            excess, slope = _kl_excess_and_slope(root, lam, lam_old, bound)
+            if not bool((excess.abs() > 1e-12 * bound)[outside].any()):
+                break
+            low, high = th.where(excess > 0, root, low), th.where(excess > 0, high, root)
+            newton = root - excess / slope
+            root = th.where((newton >= low) & (newton <= high), newton, (low + high) / 2)
+        root = th.where(outside, root, th.zeros_like(root))
+        slope = _kl_excess_and_slope(root, lam, lam_old, bound)[1]
+        slope = th.where(outside, slope, -th.ones_like(slope))  # the Newton step below then adds exactly 0 there
+        root_t, slope_t, outside_t = root.to(std.dtype), slope.to(std.dtype), outside
+    residual = _kl_constraint(_kl_path(root_t, precision, old_precision), old_precision).unsqueeze(-1) - bound
+    residual = th.where(outside_t, residual, th.zeros_like(residual))
+    t = root_t - residual / slope_t
+    return th.where(outside_t, _kl_path(t, precision, old_precision) ** -0.5, std)
 
 
 @dataclass(frozen=True)
