@@ -1,16 +1,18 @@
 """
 Differentiable trust-region projections for diagonal Gaussian policies (Otto, Becker, Vien, Ziesche, Neumann,
 "Differentiable Trust Region Layers for Deep Reinforcement Learning", ICLR 2021, arXiv:2101.09207), written from the
-paper's derivation for diagonal covariances.
+paper's derivation for diagonal covariances (the equations below are ours, in the paper's notation; the authors'
+AGPL-licensed code was not used).
 
 For every state, the new Gaussian π = N(μ, diag σ²) is replaced by the Gaussian π̃ closest to it (in the projection's
-own distance) inside the trust region around the old one, π_old = N(μ_old, diag σ_old²) (paper, eq. 2):
+own distance) inside the trust region around the old one, π_old = N(μ_old, diag σ_old²) (the paper's per-state
+projection problem):
 
     π̃ = argmin d_mean(π̃, π) + d_cov(π̃, π)  subject to  d_mean(π̃, π_old) ≤ ε_μ  and  d_cov(π̃, π_old) ≤ ε_Σ,
 
 the mean and the covariance separately, each bound exactly per state. A state already inside is unchanged. The
 projection is differentiable, so the policy loss is taken through π̃; a regression loss pulls the network's own π
-toward π̃ (paper, section 4.4), because the next rollout uses the network's unprojected policy as π_old.
+toward π̃ (the paper's "successive policy updates"), because the next rollout uses the network's unprojected policy as π_old.
 
 The distances (per state, summed over action dimensions; M = (μ - μ_old)ᵀ Σ_old⁻¹ (μ - μ_old), the Mahalanobis
 distance under the old covariance):
@@ -26,13 +28,13 @@ kl           M / 2             the covariance part of KL(π ‖ π_old): ½ Σ_i
 
 The solutions:
 
-- mean (all three; paper, eq. 3): with the objective also measured in Σ_old's metric, the problem is the Euclidean
+- mean (the same for the three): with the objective also measured in Σ_old's metric, the problem is the Euclidean
   projection onto a ball in whitened coordinates: ``μ̃ = (μ + ω μ_old) / (1 + ω)``, ``1 + ω = sqrt(d_mean / ε_μ)``
   where ``d_mean > ε_μ``;
-- Frobenius covariance (paper, eq. 4): ``Σ̃ = (Σ + η Σ_old) / (1 + η)``, ``1 + η = sqrt(d_cov / ε_Σ)``;
-- W2 covariance (paper, eq. 5, commuting covariances): the same interpolation between the square roots,
+- Frobenius covariance: ``Σ̃ = (Σ + η Σ_old) / (1 + η)``, ``1 + η = sqrt(d_cov / ε_Σ)``;
+- W2 covariance (the paper's closed form for commuting covariances): the same interpolation between the square roots,
   ``Σ̃^½ = (Σ^½ + η Σ_old^½) / (1 + η)``, ``1 + η = sqrt(d_cov / ε_Σ)``;
-- KL covariance (paper, section 4.3): the interpolation of the precisions (natural parameters),
+- KL covariance: the interpolation of the precisions (natural parameters),
   ``Σ̃⁻¹ = (Σ⁻¹ + η Σ_old⁻¹) / (1 + η)``, with η ≥ 0 the per-state root of ``d_cov(Σ̃(η), Σ_old) = ε_Σ`` (the
   stationarity condition of the paper's dual). It has no closed form: ``kl_covariance_projection`` finds it by
   Newton's method safeguarded by bisection on ``t = η / (1 + η) ∈ [0, 1]`` (d_cov decreases monotonically along the
@@ -99,7 +101,7 @@ def _interpolate(value: th.Tensor, old: th.Tensor, distance: th.Tensor, bound: f
 
 def mean_projection(mean: th.Tensor, old_mean: th.Tensor, old_std: th.Tensor, bound: float, scale: float = 1.0) -> th.Tensor:
     """
-    Paper, eq. 3: ``μ̃ = μ_old + (μ - μ_old) / (1 + ω)``, ``(1 + ω)² = scale·M / ε_μ`` where ``scale·M > ε_μ``.
+    The mean projection: ``μ̃ = μ_old + (μ - μ_old) / (1 + ω)``, ``(1 + ω)² = scale·M / ε_μ`` where ``scale·M > ε_μ``.
 
     :param mean: μ, shape ``[batch, dim]``
     :param old_mean: μ_old
@@ -113,7 +115,8 @@ def mean_projection(mean: th.Tensor, old_mean: th.Tensor, old_std: th.Tensor, bo
 
 def frobenius_covariance_projection(std: th.Tensor, old_std: th.Tensor, bound: float) -> th.Tensor:
     """
-    Paper, eq. 4 for diagonal covariances: ``Σ̃ = Σ_old + (Σ - Σ_old) / (1 + η)``, ``(1 + η)² = ‖Σ - Σ_old‖²_F / ε_Σ``.
+    The Frobenius projection for diagonal covariances: ``Σ̃ = Σ_old + (Σ - Σ_old) / (1 + η)``,
+    ``(1 + η)² = ‖Σ - Σ_old‖²_F / ε_Σ``.
 
     :param std: σ, shape ``[batch, dim]``
     :param old_std: σ_old
@@ -125,7 +128,7 @@ def frobenius_covariance_projection(std: th.Tensor, old_std: th.Tensor, bound: f
 
 def w2_covariance_projection(std: th.Tensor, old_std: th.Tensor, bound: float) -> th.Tensor:
     """
-    Paper, eq. 5 for diagonal (commuting) covariances: ``σ̃ = σ_old + (σ - σ_old) / (1 + η)``,
+    The W2 projection for diagonal (commuting) covariances: ``σ̃ = σ_old + (σ - σ_old) / (1 + η)``,
     ``(1 + η)² = Σ_i (σ_i / σ_old,i - 1)² / ε_Σ``.
 
     :param std: σ, shape ``[batch, dim]``
@@ -162,7 +165,7 @@ def _kl_excess_and_slope(
 
 def kl_covariance_projection(std: th.Tensor, old_std: th.Tensor, bound: float) -> th.Tensor:
     """
-    The KL covariance projection (paper, section 4.3): ``Σ̃⁻¹ = (1 - t)·Σ⁻¹ + t·Σ_old⁻¹`` with, per state,
+    The KL covariance projection: ``Σ̃⁻¹ = (1 - t)·Σ⁻¹ + t·Σ_old⁻¹`` with, per state,
     ``t = η / (1 + η)`` the root of ``g(t) = KL_cov(Σ̃(t) ‖ Σ_old) - ε_Σ`` where ``KL_cov(Σ ‖ Σ_old) > ε_Σ``
     (else ``t = 0``: unchanged).
 
