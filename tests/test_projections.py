@@ -290,6 +290,11 @@ def test_discrete_actions_are_refused():
 # --- learning, with the zoo's configs ---------------------------------------------------------------------------------
 
 
+# Pendulum-v1: a random policy scores about -1200; with the keys' config (n_steps 128 × 4 envs, no gSDE) the KL
+# projection measured -151 at 30k steps (seed 0); the zoo's own budget is 1e5
+PENDULUM_BUDGET, PENDULUM_THRESHOLD = 30_000, -400.0
+
+
 @pytest.mark.expensive
 @pytest.mark.parametrize("name", NAMES)
 def test_pendulum_learns(name):
@@ -298,10 +303,11 @@ def test_pendulum_learns(name):
     key = f"trust_ppo_proj_{name}"
     with open(zoo.default_config_path(key)) as file:
         entry = dict(yaml.load(file, Loader=yaml.UnsafeLoader)["Pendulum-v1"])
-    n_envs, n_timesteps = entry.pop("n_envs", 1), int(entry.pop("n_timesteps"))
-    entry.pop("policy", None)
+    n_envs = entry.pop("n_envs", 1)
+    for unused in ("n_timesteps", "policy"):
+        entry.pop(unused, None)
     kwargs = {k: zoo.parse_schedule(k, v) if isinstance(v, str) and k.startswith("learning") else v for k, v in entry.items()}
     model = TrustPPO("MlpPolicy", make_vec_env("Pendulum-v1", n_envs=n_envs, seed=0), seed=0, device="cpu", **kwargs)
-    model.learn(n_timesteps)
+    model.learn(PENDULUM_BUDGET)
     mean_return, _ = evaluate_policy(model, make_vec_env("Pendulum-v1", n_envs=1, seed=1000), n_eval_episodes=10)
-    assert mean_return >= -400.0
+    assert mean_return >= PENDULUM_THRESHOLD
