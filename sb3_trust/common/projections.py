@@ -183,22 +183,23 @@ def kl_covariance_projection(std: th.Tensor, old_std: th.Tensor, bound: float) -
     precision, old_precision = std**-2, old_std.detach() ** -2
     with th.no_grad():
         # Newton's method on t in float64, kept inside the bracket [low, high] of the root (bisection when a step
-        # leaves it), until |g| ≤ 1e-12·ε_Σ: about 5 steps from the start below
+        # leaves it), until |g| ≤ 1e-8·ε_Σ (the differentiable Newton step below squares that error): about 4 steps
         lam, lam_old = precision.double(), old_precision.double()
         distance = _kl_constraint(lam, lam_old).unsqueeze(-1)
         outside = distance > bound
         low, high = th.zeros_like(distance), th.ones_like(distance)
-        # Start where the quadratic approximation of the KL, g(t) + ε ≈ (1 - t)²·KL_cov(Σ ‖ Σ_old), puts the root
+        # Start where the quadratic approximation of the KL, g(t) + ε ≈ (1 - t)²·KL_cov(Σ ‖ Σ_old), puts the root;
+        # the states inside stay at t = 0 (their bracket is [0, 0])
         root = th.where(outside, 1 - th.sqrt(bound / distance.clamp(min=bound)), low)
         for _ in range(KL_SEARCH_STEPS):
             excess, slope = _kl_excess_and_slope(root, lam, lam_old, bound)
-            if not bool((excess.abs() > 1e-12 * bound)[outside].any()):
+            if not bool((excess.abs() > 1e-8 * bound)[outside].any()):
                 break
             low, high = th.where(excess > 0, root, low), th.where(excess > 0, high, root)
             newton = root - excess / slope
             root = th.where((newton >= low) & (newton <= high), newton, (low + high) / 2)
-        root = th.where(outside, root, th.zeros_like(root))
-        slope = _kl_excess_and_slope(root, lam, lam_old, bound)[1]
+        else:
+            slope = _kl_excess_and_slope(root, lam, lam_old, bound)[1]
         slope = th.where(outside, slope, -th.ones_like(slope))  # the Newton step below then adds exactly 0 there
         root_t, slope_t, outside_t = root.to(std.dtype), slope.to(std.dtype), outside
     residual = _kl_constraint(_kl_path(root_t, precision, old_precision), old_precision).unsqueeze(-1) - bound
