@@ -290,9 +290,10 @@ def test_discrete_actions_are_refused():
 # --- learning, with the zoo's configs ---------------------------------------------------------------------------------
 
 
-# Pendulum-v1: a random policy scores about -1200; with the keys' config (n_steps 128 × 4 envs, no gSDE) the KL
-# projection measured -151 at 30k steps (seed 0); the zoo's own budget is 1e5
-PENDULUM_BUDGET, PENDULUM_THRESHOLD = 30_000, -400.0
+# Pendulum-v1: a random policy scores about -1200. With the keys' config (n_steps 128 × 4 envs, no gSDE), seed 0:
+# KL -151 and W2 -236 at 30k steps, Frobenius -699 at 30k and -191 at 50k (its absolute covariance bound lets the
+# variance shrink slowly from 1). 50k: half the zoo's 1e5, as for the other variants (tests/test_ppo_variants.py)
+PENDULUM_BUDGET, PENDULUM_THRESHOLD = 50_000, -400.0
 
 
 @pytest.mark.expensive
