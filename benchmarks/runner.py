@@ -96,6 +96,7 @@ PPO_FILES = (
             "masking",
             "messages",
             "policy_utils",
+            "projections",
             "reference",
             "rollout",
             "safety",

@@ -17,6 +17,8 @@ import yaml
 
 REFERENCE_KEYS = ("ppo", "trpo")
 OUR_KEYS = ("trust_ppo", "trust_ppo_kl", "trust_ppo_kl_fixed", "trust_trpo", "trust_npg")
+# TrustPPO with a trust-region projection layer (Otto et al., ICLR 2021), one key per projection
+PROJECTION_KEYS = ("trust_ppo_proj_frobenius", "trust_ppo_proj_w2", "trust_ppo_proj_kl")
 # yml entries that are not env ids
 NON_ENV_ENTRIES = ("default", "atari")
 
@@ -67,6 +69,10 @@ ALGOS: dict[str, BenchAlgo] = {
         ),
         BenchAlgo("trust_trpo", "trust_trpo", "trpo", description="TrustTRPO (conjugate gradient + line search)"),
         BenchAlgo("trust_npg", "trust_npg", "trpo", description="TrustNPG (natural policy gradient, no line search)"),
+        *(
+            BenchAlgo(key, key, "ppo", description=f"TrustPPO, {key.rsplit('_', 1)[1]} projection layer, unclipped surrogate")
+            for key in PROJECTION_KEYS
+        ),
     )
 }
 
@@ -103,6 +109,12 @@ SUITES: dict[str, Suite] = {
             _MUJOCO_ENVS,
             (*REFERENCE_KEYS, *PPO_PAPER_ORDER, "trust_trpo"),
             "MuJoCo v4 at the zoo's budgets (1M): PPO-clip, adaptive KL, fixed KL, no clipping, TRPO",
+        ),
+        Suite(
+            "projections",
+            ("Hopper-v4", "HalfCheetah-v4", "Walker2d-v4"),
+            ("ppo", "trust_ppo", *PROJECTION_KEYS),
+            "MuJoCo v4 at the zoo's budgets (1M): the three projection layers against PPO-clip (same other hyperparameters)",
         ),
     )
 }

@@ -59,6 +59,10 @@ PPO_ONLY = {
     "on_non_finite": mostly(st.sampled_from(["raise", "skip"]), st.just("ignore")),
     "reference_kl_coef": mostly(positive, negative),
     "reference_kl_mode": mostly(st.sampled_from(["reward", "loss"]), st.just("both")),
+    "projection": mostly(st.sampled_from([None, "frobenius", "w2", "kl"]), st.just("trpl")),
+    "projection_mean_bound": mostly(positive, negative),
+    "projection_cov_bound": mostly(positive, negative),
+    "projection_coef": mostly(st.floats(min_value=0.0, max_value=10.0), negative),
 }
 TRPO_ONLY = {
     "cg_max_steps": mostly(st.integers(min_value=1, max_value=20), st.integers(min_value=-1, max_value=0)),

@@ -58,6 +58,22 @@ REQUIRED_ENVS = [
     "HalfCheetah-v4",
     "Walker2d-v4",
 ]
+# The projection keys: Gaussian policies only, so their files have the continuous-action envs
+PROJECTION_KEYS = [key for key in KEYS if key.startswith("trust_ppo_proj_")]
+CONTINUOUS_ENVS = [env_id for env_id in REQUIRED_ENVS if env_id not in ("CartPole-v1", "Acrobot-v1", "LunarLander-v3")]
+PROJECTION_VARIANT = {"policy_loss", "projection", "projection_mean_bound", "projection_cov_bound", "projection_coef"}
+
+
+def required_envs(key: str) -> list[str]:
+    """:return: the entries the key's file must have (``default`` first)"""
+    return CONTINUOUS_ENVS if key in PROJECTION_KEYS else REQUIRED_ENVS
+
+
+def key_env_pairs(env_ids: list[str]) -> list[tuple[str, str]]:
+    """:return: every ``(key, env_id)`` that the key can train (the projection keys: continuous actions)"""
+    return [(key, env_id) for env_id in env_ids for key in KEYS if env_id in required_envs(key)]
+
+
 # What each key's file may change with respect to its base file, and the base
 VARIANT_KEYS = {
     "trust_ppo": ("ppo", {"policy_loss"}),
@@ -70,6 +86,8 @@ VARIANT_KEYS = {
     "trust_ppo_vf_lr": ("trust_ppo", {"vf_learning_rate"}),
     "trust_trpo": ("trpo", {"step_rule"}),
     "trust_npg": ("trust_trpo", {"step_rule"}),
+    # and Pendulum-v1 without gSDE, with shorter rollouts
+    **dict.fromkeys(PROJECTION_KEYS, ("trust_ppo", {*PROJECTION_VARIANT, "use_sde", "sde_sample_freq", "n_steps"})),
 }
 # Small and fast, on any key: short rollouts
 TINY = "n_steps:64 batch_size:64"
@@ -146,10 +164,10 @@ def test_packaged_config(key):
     # the top-level hyperparams/ is the same folder
     assert (Path(__file__).parent.parent / "hyperparams" / f"{key}.yml").resolve() == path.resolve()
     config = load_yml(path)
-    assert set(REQUIRED_ENVS) <= set(config)
+    assert set(required_envs(key)) <= set(config)
     base_name, variant_keys = VARIANT_KEYS[key]
     base = zoo_yml(base_name)
-    for env_id in REQUIRED_ENVS:
+    for env_id in required_envs(key):
         entry, base_entry = config[env_id], base[env_id]
         # Same values as the base file, except the variant's keys
         for name in set(entry) | set(base_entry):
@@ -227,7 +245,7 @@ def test_atari_through_the_zoo_atari_entry(tmp_path, key):
 @pytest.mark.parametrize("key", KEYS)
 def test_every_packaged_entry_trains(tmp_path, key):
     """Each env entry of the file builds its envs (wrappers, normalization) and model, and trains a few steps."""
-    for env_id in REQUIRED_ENVS[1:]:
+    for env_id in required_envs(key)[1:]:
         run(f"train --algo {key} --env {env_id} -n 8 -f {tmp_path} {QUIET} --hyperparams n_steps:8 batch_size:8")
         assert (run_folder(tmp_path, key, env_id) / f"{env_id}.zip").is_file()
 
@@ -250,8 +268,7 @@ def test_parse_schedule():
 # --- train and enjoy ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("env_id", ENVS)
-@pytest.mark.parametrize("key", KEYS)
+@pytest.mark.parametrize(("key", "env_id"), key_env_pairs(ENVS))
 def test_train_then_enjoy(tmp_path, key, env_id):
     algos = registered()
     run(f"train --algo {key} --env {env_id} -n 256 -f {tmp_path} {QUIET} --hyperparams {TINY}")
@@ -454,8 +471,7 @@ def test_optimize_into_sqlite_then_train_a_trial(tmp_path, monkeypatch, key, kno
         assert saved["gamma"] == pytest.approx(1 - study.trials[trial_id].params["one_minus_gamma"])
 
 
-@pytest.mark.parametrize("env_id", ENVS)
-@pytest.mark.parametrize("key", KEYS)
+@pytest.mark.parametrize(("key", "env_id"), key_env_pairs(ENVS))
 def test_sampler_builds_a_model(key, env_id):
     """Every key's sampler, over several trials (to reach its branches): the sampled parameters make a valid model."""
     algos = registered()
@@ -508,6 +524,8 @@ def test_samplers_search_the_variant_knobs():
         ("trust_ppo_vf_lr", "vf_learning_rate"),
     ]:
         assert searched["trust_ppo"] | {knob} == searched[key], key
+    for key in PROJECTION_KEYS:
+        assert searched["trust_ppo"] | (PROJECTION_VARIANT - {"policy_loss", "projection"}) == searched[key], key
 
 
 # --- bad input ---------------------------------------------------------------------------------------------------

@@ -5,6 +5,9 @@ Sphinx directives that render tables from the code, so the docs cannot drift fro
 its name, the keywords it reads from the model, whether it needs the exact KL, its formula, its function, and
 whether the accelerator implements it.
 
+``projections``: TrustPPO's trust-region projections (``sb3_trust.common.projections.PROJECTIONS``), one row per
+entry: its name, its mean and covariance distances, its solution, and its covariance projection function.
+
 Included pages (``benchmarks/*.md``, through MyST's ``include``): their relative links are rewritten when read, a link
 to another included page to that page of the site, a link to a file (a plot) to that file, so they resolve from
 ``docs/``. The mapping is ``sb3_trust_included_pages`` in ``conf.py`` (repository path -> docname).
@@ -79,6 +82,30 @@ class PolicyLossesDirective(Directive):
         return [_table(header, rows, [16, 16, 8, 30, 30, 12])]
 
 
+class ProjectionsDirective(Directive):
+    """The projections' table: ``PROJECTIONS`` as it is at build time."""
+
+    has_content = False
+
+    def run(self) -> list[nodes.Node]:
+        from sb3_trust.common.projections import PROJECTIONS
+
+        rows = []
+        for name, entry in PROJECTIONS.items():
+            mean = "M" if entry.mean_scale == 1 else f"{entry.mean_scale:g}·M"
+            rows.append(
+                [
+                    _code(f'projection="{name}"'),
+                    _code(mean),
+                    _function_link(f"{entry.cov_distance.__module__}.{entry.cov_distance.__qualname__}"),
+                    _code(entry.formula),
+                    _function_link(f"{entry.cov_projection.__module__}.{entry.cov_projection.__qualname__}"),
+                ]
+            )
+        header = ["projection", "mean distance", "covariance distance", "solution", "covariance projection"]
+        return [_table(header, rows, [14, 10, 22, 40, 26])]
+
+
 # A Markdown link's target, unless it is a URL or an anchor in the same page
 _LINK = re.compile(r"\]\((?![a-z][a-z0-9+.-]*:|#)([^)\s]+)\)")
 
@@ -108,6 +135,7 @@ def rewrite_included_links(app: Sphinx, relative_path: Path, parent_docname: str
 
 def setup(app: Sphinx) -> dict[str, object]:
     app.add_directive("policy-losses", PolicyLossesDirective)
+    app.add_directive("projections", ProjectionsDirective)
     app.add_config_value("sb3_trust_included_pages", {}, "env")
     app.connect("include-read", rewrite_included_links)
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}

@@ -21,7 +21,8 @@ This module is its whole interface; nothing outside ``sb3_trust.accel`` imports 
 
 The accelerator needs the ``fast`` extra (Numba, SciPy and threadpoolctl). Without it, or with ``SB3_TRUST_ACCEL=0`` in the
 environment, ``can_run`` gives the reason and everything runs on the reference path. It declines models with
-invalid-action masking (``use_masking``): the reference path runs them.
+invalid-action masking (``use_masking``): the reference path runs them. It trains no model with a trust-region
+projection (TrustPPO's ``projection``; it still collects their rollouts).
 """
 
 import importlib
@@ -136,6 +137,8 @@ def _train_reason(model: Any) -> str | None:
     if model.policy_loss not in ACCELERATED_LOSSES:
         implemented = ", ".join(sorted(ACCELERATED_LOSSES))
         return f"policy_loss {model.policy_loss!r} (the accelerator implements {implemented})"
+    if getattr(model, "projection", None) is not None:
+        return f"projection {model.projection!r} (the accelerator does not project; the reference path trains it)"
     vf_clip_mode = getattr(model, "vf_clip_mode", None)
     if vf_clip_mode not in VF_CLIP_MODES:
         return f"vf_clip_mode {vf_clip_mode!r} (the accelerator implements sb3, max)"

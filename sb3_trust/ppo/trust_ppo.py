@@ -18,6 +18,7 @@ from sb3_trust.common.learning_rates import AdaptiveLearningRate, set_learning_r
 from sb3_trust.common.losses import normalize_advantages, value_loss
 from sb3_trust.common.masking import mask_kwargs, setup_masking
 from sb3_trust.common.policy_utils import evaluate_actions_with_distribution, frozen_copy
+from sb3_trust.common.projections import TrustRegionProjection
 from sb3_trust.common.reference import (
     REFERENCE_EXCLUDED_SAVE_PARAMS,
     after_update,
@@ -127,6 +128,10 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         on when the env has an ``action_masks()`` method (or the policy is a ``MaskableActorCriticPolicy``), ``True``
         (an env without masks is an error) or ``False``. On, the policy aliases name sb3-contrib's maskable policies and
         every variant uses the masked distributions (``sb3_trust.common.masking``); the reference path runs it.
+    :param projection: NEW. Trust-region projection layers (Otto et al., ICLR 2021; ``sb3_trust.common.projections``):
+        ``"frobenius"``, ``"w2"`` or ``"kl"``: the loss sees each state's Gaussian projected onto the trust region around
+        π_old (the paper pairs it with ``policy_loss="unclipped"``); ``None`` (default): no projection
+    :param projection_mean_bound: NEW. ε_μ; ``projection_cov_bound``: ε_Σ; ``projection_coef``: α of the regression loss
     """
 
     _trust_family = "TrustPPO"
@@ -183,6 +188,10 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         _init_setup_model: bool = True,
         backend: str = "auto",
         use_masking: bool | str = "auto",
+        projection: str | None = None,
+        projection_mean_bound: float = 0.03,
+        projection_cov_bound: float = 0.001,
+        projection_coef: float = 8.0,
     ):
         # Every keyword is checked before anything is built (SB3 asserts; we raise ValueError/TypeError)
         given = dict(locals())
@@ -230,6 +239,8 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         self.vf_clip_mode = vf_clip_mode
         self.on_non_finite = on_non_finite
         self.backend = backend
+        self.projection, self.projection_mean_bound = projection, projection_mean_bound
+        self.projection_cov_bound, self.projection_coef = projection_cov_bound, projection_coef
         # Which algorithm wrote a saved file (checked by load())
         self._trust_algorithm = self._trust_family
         # Training state lives here, not in _setup_model(), which load() calls again after restoring it.
@@ -259,6 +270,7 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
             self.vf_lr_schedule = FloatSchedule(self.vf_learning_rate)
             split_optimizer(self.policy, self.lr_schedule(1.0), self.vf_lr_schedule(1.0))  # type: ignore[arg-type]
         setup_reference(self)
+        self._projection = TrustRegionProjection.for_model(self)  # None without a projection (never saved)
         # π_old: a frozen copy of the policy at the start of each update (never saved)
         self._old_policy: ActorCriticPolicy | None = None
         # Which path runs collection and training, and the accelerator's runners (never saved)
@@ -270,7 +282,7 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
             self._accelerated("train", accel.can_run, accel.ppo_step)
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "_old_policy", "_runners", *REFERENCE_EXCLUDED_SAVE_PARAMS]
+        return [*super()._excluded_save_params(), "_old_policy", "_runners", "_projection", *REFERENCE_EXCLUDED_SAVE_PARAMS]
 
     def _collector(self) -> Any:
         """:return: the accelerator's collection for this model, or ``None`` for SB3's ``collect_rollouts``"""
@@ -362,6 +374,8 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         self.logger.record("train/ratio_max", max(stats.ratio_max for stats in minibatches))
         self.logger.record("train/ratio_mean", mean("ratio_mean"))
         self.logger.record("train/ent_coef", settings.ent_coef)
+        if self._projection is not None:
+            self._projection.record(self.logger)
 
     def _adapt(self, kl: float) -> None:
         """The adaptive rules, from the exact KL(π_old ‖ π_new) of the update just done: β and the learning rate."""
@@ -389,7 +403,8 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         loss_kwargs: dict[str, Any] = dict(settings.loss_kwargs)
         reference = settings.reference_coef > 0 and self._reference is not None
         masks = mask_kwargs(rollout_data)  # the action masks, with use_masking
-        if entry.needs_kl or reference:
+        projection_loss, projection = 0.0, self._projection
+        if entry.needs_kl or reference or projection is not None:
             values, log_prob, entropy, distribution = evaluate_actions_with_distribution(
                 self.policy,  # type: ignore[arg-type]
                 rollout_data.observations,
@@ -399,10 +414,14 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         else:
             values, log_prob, entropy = self.policy.evaluate_actions(rollout_data.observations, actions, **masks)
         values = values.flatten()
-        if entry.needs_kl:
+        if entry.needs_kl or projection is not None:
             assert self._old_policy is not None
             with th.no_grad():
                 old_distribution = self._old_policy.get_distribution(rollout_data.observations, **masks)
+        if projection is not None:  # the loss sees π̃, π projected onto the trust region around π_old
+            distribution, projection_loss = projection(distribution, old_distribution)
+            log_prob, entropy = distribution.log_prob(actions), distribution.entropy()
+        if entry.needs_kl:
             loss_kwargs["kl"] = exact_kl(old_distribution, distribution)
         # Normalize advantage (per minibatch, as SB3)
         advantages = rollout_data.advantages
@@ -425,7 +444,7 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         else:
             entropy_loss = -th.mean(entropy)
 
-        loss = policy_loss + settings.ent_coef * entropy_loss + settings.vf_coef * vf_loss
+        loss = policy_loss + settings.ent_coef * entropy_loss + settings.vf_coef * vf_loss + projection_loss
         if reference:
             # KL(π ‖ π_ref) toward the frozen reference policy (RLHF), loss placement
             loss = (

@@ -9,6 +9,7 @@ from typing import Any
 from stable_baselines3.common.utils import ConstantSchedule
 
 from sb3_trust.common.losses import VF_CLIP_MODES
+from sb3_trust.common.projections import check_projection_kwargs
 from sb3_trust.common.validation import check_choice, check_common_on_policy_kwargs, check_number
 from sb3_trust.ppo.losses import POLICY_LOSSES
 
@@ -49,6 +50,7 @@ def check_trust_ppo_kwargs(given: Mapping[str, Any]) -> None:
             f"`kl_coef` must be a float (the initial β) when `adaptive_kl_target` is set, got the schedule {kl_coef!r}"
         )
     check_variant_kwargs(given)
+    check_projection_kwargs(given)
     if given["vf_clip_mode"] != "sb3" and clip_range_vf is None:
         raise ValueError(f"`vf_clip_mode={given['vf_clip_mode']!r}` needs a `clip_range_vf`, got None")
 

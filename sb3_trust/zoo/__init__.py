@@ -16,6 +16,8 @@ trust_ppo_clip_higher  TrustPPO        ``policy_loss: clip_higher`` + ``clip_ran
 trust_ppo_spo          TrustPPO        ``policy_loss: spo`` (Simple Policy Optimization)
 trust_ppo_adaptive_lr  TrustPPO        PPO-clip + ``adaptive_lr_kl_target`` (KL-adaptive learning rate)
 trust_ppo_vf_lr        TrustPPO        PPO-clip + ``vf_learning_rate`` (the critic's own learning rate)
+trust_ppo_proj_<p>     TrustPPO        ``policy_loss: unclipped`` + ``projection: <p>``, ``<p>`` one of ``frobenius``,
+                                       ``w2``, ``kl`` (trust-region projection layers; continuous actions only)
 trust_trpo             TrustTRPO       ``step_rule: line_search`` (TRPO)
 trust_npg              TrustNPG        ``step_rule: npg`` (natural policy gradient, no line search)
 ====================== =============== ===========================================================================
@@ -180,6 +182,14 @@ ZOO_ALGOS: dict[str, ZooAlgo] = {
             "TrustPPO, PPO-clip with the value function's own learning rate (vf_learning_rate)",
             {"policy_loss": "clip", "vf_learning_rate": 1e-3},
             vf_learning_rate=NOT_NONE,
+        ),
+        *(
+            _trust_ppo(
+                f"trust_ppo_proj_{name}",
+                f"TrustPPO, trust-region projection layer (policy_loss: unclipped, projection: {name})",
+                {"policy_loss": "unclipped", "projection": name},
+            )
+            for name in ("frobenius", "w2", "kl")
         ),
         ZooAlgo(
             "trust_trpo",

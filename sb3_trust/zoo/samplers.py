@@ -21,6 +21,8 @@ Each key keeps its variant fixed (the key names a variant: its log folder and it
   trust_ppo_spo          as ``trust_ppo``: SPO's ε is the searched ``clip_range``
   trust_ppo_adaptive_lr  as ``trust_ppo``, and ``adaptive_lr_kl_target`` (``learning_rate`` is the initial value)
   trust_ppo_vf_lr        as ``trust_ppo``, and ``vf_learning_rate``
+  trust_ppo_proj_<p>     as ``trust_ppo``, and ``projection_mean_bound`` (ε_μ), ``projection_cov_bound`` (ε_Σ),
+                         ``projection_coef`` (α); ``clip_range`` is searched but unused (the loss is unclipped)
   trust_trpo/npg         ``kl_convention`` ("paper" or "contrib")
   ====================== =====================================================================================
 
@@ -181,6 +183,15 @@ def sample_trust_ppo_kl_fixed_params(
     return _cap_batch_size(hyperparams, trial, n_envs)
 
 
+def _sample_projection(trial: optuna.Trial) -> dict[str, Any]:
+    """:return: the bounds and the regression coefficient of a projection key (around the paper's 0.03, 0.001, 8)"""
+    return {
+        "projection_mean_bound": trial.suggest_float("projection_mean_bound", 0.003, 0.3, log=True),
+        "projection_cov_bound": trial.suggest_float("projection_cov_bound", 1e-4, 0.01, log=True),
+        "projection_coef": trial.suggest_categorical("projection_coef", [0.0, 1.0, 4.0, 8.0, 16.0, 32.0]),
+    }
+
+
 # The extra dimension of each PPO variant's key (the optuna name is the keyword, so the converter passes it through)
 VARIANT_DIMENSIONS: dict[str, Callable[[optuna.Trial], Any]] = {
     "trust_ppo_dual_clip": lambda trial: {"dual_clip": trial.suggest_categorical("dual_clip", [1.5, 2.0, 3.0, 5.0, 10.0])},
@@ -192,6 +203,7 @@ VARIANT_DIMENSIONS: dict[str, Callable[[optuna.Trial], Any]] = {
         "adaptive_lr_kl_target": trial.suggest_float("adaptive_lr_kl_target", 0.002, 0.05, log=True)
     },
     "trust_ppo_vf_lr": lambda trial: {"vf_learning_rate": trial.suggest_float("vf_learning_rate", 1e-5, 0.01, log=True)},
+    **dict.fromkeys((f"trust_ppo_proj_{name}" for name in ("frobenius", "w2", "kl")), _sample_projection),
 }
 
 
