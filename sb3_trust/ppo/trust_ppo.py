@@ -13,29 +13,19 @@ from stable_baselines3.common.utils import FloatSchedule, explained_variance
 
 from sb3_trust import accel
 from sb3_trust.common.base import TrustAlgorithmMixin
-from sb3_trust.common.kl import AdaptiveKLController, approx_kl_k3, exact_kl, rollout_kl
-from sb3_trust.common.learning_rates import AdaptiveLearningRate, set_learning_rates, split_optimizer
+from sb3_trust.common.kl import approx_kl_k3, exact_kl, rollout_kl
+from sb3_trust.common.learning_rates import set_learning_rates, split_optimizer
 from sb3_trust.common.losses import normalize_advantages, value_loss
 from sb3_trust.common.masking import mask_kwargs, setup_masking
 from sb3_trust.common.policy_utils import evaluate_actions_with_distribution, frozen_copy
 from sb3_trust.common.projections import TrustRegionProjection
-from sb3_trust.common.reference import (
-    REFERENCE_EXCLUDED_SAVE_PARAMS,
-    after_update,
-    current_reference_coef,
-    init_reference,
-    reference_active,
-    setup_reference,
-)
+from sb3_trust.common.reference import REFERENCE_EXCLUDED_SAVE_PARAMS, after_update, init_reference, setup_reference
 from sb3_trust.common.safety import ForeignFormat, NonFiniteError, all_finite, guarded_update
 from sb3_trust.common.update import LossSettings, MinibatchStats
-from sb3_trust.common.validation import (
-    check_action_space,
-    check_rollout_sizes,
-    check_schedule_value,
-)
+from sb3_trust.common.validation import check_action_space, check_rollout_sizes
 from sb3_trust.ppo.losses import POLICY_LOSSES, outside_trust_region
-from sb3_trust.ppo.validation import KEYWORD_LOWER_BOUNDS, check_trust_ppo_kwargs
+from sb3_trust.ppo.settings import adapt_to_kl, loss_settings
+from sb3_trust.ppo.validation import check_trust_ppo_kwargs
 
 SelfTrustPPO = TypeVar("SelfTrustPPO", bound="TrustPPO")
 
@@ -301,7 +291,7 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         self.policy.set_training_mode(True)
         # Update optimizer learning rate
         self._update_learning_rate(self.policy.optimizer)
-        settings = self._loss_settings()
+        settings = loss_settings(self)  # every schedule evaluated and checked
         # π_old, the policy before this update: for the exact KL of the penalty and of train/kl
         old_policy = self._old_policy = frozen_copy(self.policy, into=self._old_policy)  # type: ignore[arg-type]
         accelerated = self._accelerated("train", accel.can_run, accel.ppo_step)
@@ -342,7 +332,7 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         explained_var = explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten())
         # Exact KL(π_old ‖ π_new) over the rollout after the whole update: logged, and drives the adaptive β
         kl = rollout_kl(old_policy, self.policy, self.rollout_buffer)  # type: ignore[arg-type]
-        self._adapt(kl)
+        adapt_to_kl(self, kl)
         # KL(π ‖ π_ref) after the update: logged, and drives the reference β controller if any
         after_update(self)
 
@@ -376,14 +366,6 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         self.logger.record("train/ent_coef", settings.ent_coef)
         if self._projection is not None:
             self._projection.record(self.logger)
-
-    def _adapt(self, kl: float) -> None:
-        """The adaptive rules, from the exact KL(π_old ‖ π_new) of the update just done: β and the learning rate."""
-        if self.adaptive_kl_target is not None:
-            self._kl_coef = AdaptiveKLController(self.adaptive_kl_target).update(self._kl_coef, kl)
-        if self.adaptive_lr_kl_target is not None:  # set in the optimizer by the next update's _update_learning_rate
-            rule = AdaptiveLearningRate(self.adaptive_lr_kl_target, *self.adaptive_lr_bounds)
-            self._adaptive_learning_rate = rule.update(self._adaptive_learning_rate, kl)  # type: ignore[arg-type]
 
     def _reference_step(self, rollout_data: RolloutBufferSamples, settings: LossSettings) -> MinibatchStats:
         """
@@ -488,41 +470,3 @@ class TrustPPO(TrustAlgorithmMixin, OnPolicyAlgorithm):
         if self.adaptive_lr_kl_target is None and self.vf_learning_rate is None:
             return super()._update_learning_rate(optimizers)
         set_learning_rates(self, self.policy.optimizer)
-
-    def _loss_settings(self) -> LossSettings:
-        """
-        :return: this update's settings, every schedule evaluated and checked
-        """
-        progress = self._current_progress_remaining
-        clip_range = check_schedule_value("clip_range", self.clip_range(progress))  # type: ignore[operator]
-        clip_range_vf = None
-        if self.clip_range_vf is not None:
-            clip_range_vf = check_schedule_value("clip_range_vf", self.clip_range_vf(progress))  # type: ignore[operator]
-        if self.adaptive_kl_target is None:
-            self._kl_coef = check_schedule_value("kl_coef", self.kl_coef_schedule(progress))
-        current = {"clip_range": clip_range, "kl_coef": self._kl_coef}
-        loss_kwargs = {}
-        for name in POLICY_LOSSES[self.policy_loss].keywords:
-            if name not in current:
-                # A keyword of a registered loss: a model attribute (float or schedule); None: clip_range (ε_low, ε_high)
-                value = getattr(self, name)
-                value = value(progress) if callable(value) else value
-                low = KEYWORD_LOWER_BOUNDS.get(name, -np.inf)
-                current[name] = clip_range if value is None else check_schedule_value(name, value, low=low)
-            loss_kwargs[name] = current[name]
-        reference_coef = 0.0
-        if reference_active(self) and self.reference_kl_mode == "loss":
-            reference_coef = current_reference_coef(self)
-        return LossSettings(
-            policy_loss=self.policy_loss,
-            loss_kwargs=loss_kwargs,
-            clip_range=clip_range,
-            clip_range_vf=clip_range_vf,
-            vf_clip_mode=self.vf_clip_mode,
-            ent_coef=check_schedule_value("ent_coef", self.ent_coef_schedule(progress), low=-np.inf),
-            vf_coef=self.vf_coef,
-            normalize_advantage=self.normalize_advantage,
-            max_grad_norm=self.max_grad_norm,
-            max_approx_kl=None if self.target_kl is None else 1.5 * self.target_kl,
-            reference_coef=reference_coef,
-        )
