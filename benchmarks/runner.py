@@ -855,6 +855,10 @@ def _selection(suite: str | None, envs: list[str] | None, algos: list[str] | Non
             raise BenchmarkInputError(
                 f"algorithm {name!r} is not in suite {suite!r}; its algorithms: {', '.join(chosen.algos)}"
             )
+    asked = [(env, name) for env in envs or chosen.envs for name in algos or chosen.algos]
+    if not any(chosen.runs(env, name) for env, name in asked):
+        skipped = ", ".join(f"{name} on {env}" for env, name in chosen.skip)
+        raise BenchmarkInputError(f"suite {suite!r} runs none of the runs asked for (it does not run: {skipped})")
     return list(chosen.envs), list(chosen.algos)
 
 

@@ -100,6 +100,10 @@ def test_suites_and_plan():
         (dict(envs=["SB3TrustMaskedChoice-v0"], algos=["ppo"]), "valid envs: Acrobot-v1"),
         (dict(envs=["MiniGrid-DoorKey-5x5-v0"], algos=["trpo"]), "unknown env 'MiniGrid-DoorKey-5x5-v0' for trpo"),
         (dict(envs=["CartPole-v1"], algos=["ppo_masked"]), "valid algorithms: ppo, trpo, trust_ppo"),
+        (
+            dict(suite="extra", envs=["MiniGrid-DoorKey-5x5-v0"], algos=["trpo", "trust_trpo"]),
+            "does not run: trpo on MiniGrid-DoorKey-5x5-v0, trust_trpo on MiniGrid-DoorKey-5x5-v0",
+        ),
     ],
 )
 def test_bad_input_fails_fast(kwargs, message):
