@@ -1131,8 +1131,9 @@ def _build_report(results_dir: Path, out: Path, plots_dir: str | Path | None, re
         "stratified-bootstrap CI (rliable).",
         "- **Verdict** (ours vs the reference implementation, TrustPPO keys vs `ppo`, TrustTRPO/NPG vs `trpo`"
         + "".join(
-            f"; on {env}: " + ", ".join(f"`{old}`'s → `{new}`" for old, new in overrides.items())
+            f"; on {env}: vs `{new}` instead of " + " and ".join(f"`{old}`" for old in overrides if overrides[old] == new)
             for env, overrides in ENV_REFERENCES.items()
+            for new in dict.fromkeys(overrides.values())
         )
         + f"): {RULE}.",
         "- **Published**: the RL Zoo number for the same library and hyperparameters (one agent; see each env's caveat "

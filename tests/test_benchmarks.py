@@ -705,7 +705,7 @@ def test_variants_table_and_masked_reference_in_the_report(tmp_path, monkeypatch
     assert [line.split("|")[1].strip() for line in lines] == ["ppo_mask", "**trust_ppo**", "**trust_trpo**"]
     assert expected(masked_ppo, mask_ref) in lines[1] and expected(masked_trpo, mask_ref) in lines[2]
     assert expected(masked_trpo, mask_ref).startswith("worse")
-    assert "on SB3TrustMaskedChoice-v0: `ppo`'s → `ppo_mask`, `trpo`'s → `ppo_mask`" in text
+    assert "on SB3TrustMaskedChoice-v0: vs `ppo_mask` instead of `ppo` and `trpo`" in text
 
 
 def test_masked_runs_are_evaluated_with_masks(tmp_path):
