@@ -1049,7 +1049,7 @@ class Progress:
         self.running.pop(spec.run_id, None)
         self.steps_finished += spec.timesteps
         done = self.finished_count + self.failed_count + 1
-        head = f"[{done:>{len(str(self.total))}}/{self.total}] {spec.label:<20} {spec.env:<25} seed {spec.seed:<3}"
+        head = f"[{done:>{len(str(self.total))}}/{self.total}] {spec.label:<22} {spec.env:<25} seed {spec.seed:<3}"
         if is_finished(record):
             self.finished_count += 1
             timing = record["timing"]
