@@ -846,7 +846,9 @@ def _variants_section(results: Results) -> str:
     )
     if not labels:
         return "No finished runs of the variants yet (`python -m benchmarks run --suite variants`).\n"
-    rows, worse = [], []
+    rows: list[list[str]] = []
+    worse: list[str] = []
+    better: list[str] = []
     for env in results.envs():
         for label in labels:
             group = results.main_group(env, label)
@@ -860,8 +862,9 @@ def _variants_section(results: Results) -> str:
             for name, other in ((base, results.counterpart(group, base)), (reference, results.reference_of(group))):
                 mean, difference, decision = _comparison(group, other)
                 cells += [mean, difference, decision]
-                if decision.startswith("worse"):
-                    worse.append(f"{label} on {env} vs {name} ({decision})")
+                for word, found in (("worse", worse), ("better", better)):
+                    if decision.startswith(word):
+                        found.append(f"{label} on {env} vs {name} ({decision})")
             rows.append(cells)
     headers = ["env", "variant", "budget", "runs", "final return (mean ± std)"]
     headers += ["PPO-clip (ours): mean", "Δ", "verdict vs PPO-clip (ours)", "SB3 PPO: mean", "Δ", "verdict vs SB3 PPO"]
@@ -873,6 +876,8 @@ def _variants_section(results: Results) -> str:
         _table(headers, rows),
         "",
         "**Significantly worse:** " + ("; ".join(worse) if worse else "nowhere (among the comparisons with a verdict)") + ".",
+        "",
+        "**Significantly better:** " + ("; ".join(better) if better else "nowhere") + ".",
         "",
     ]
     return "\n".join(lines)

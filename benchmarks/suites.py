@@ -90,7 +90,6 @@ ALGOS.update(
 )
 
 # ----- Masking (issue 22): sb3-contrib's MaskablePPO, the reference of our masked models on the masked env ----------
-MASKING_REFERENCE_KEYS = ("ppo_mask",)
 ALGOS["ppo_mask"] = BenchAlgo(
     "ppo_mask", "ppo_mask", None, description="sb3-contrib MaskablePPO (reference for action masking), ppo_mask.yml"
 )

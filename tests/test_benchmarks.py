@@ -697,6 +697,10 @@ def test_variants_table_and_masked_reference_in_the_report(tmp_path, monkeypatch
     assert cells[7] == expected(dual, clip) and cells[7].startswith("matches") and cells[10].startswith("better")
     assert row("trust_ppo_vf_lr")[7].startswith("n/a") and row("trust_ppo_vf_lr")[10].startswith("n/a")
     assert f"**Significantly worse:** trust_ppo_spo on CartPole-v1 vs trust_ppo ({expected(spo, clip)})." in section
+    assert (
+        f"**Significantly better:** trust_ppo_dual_clip on CartPole-v1 vs ppo ({expected(dual, ppo)}); "
+        f"trust_ppo_spo on CartPole-v1 vs ppo ({expected(spo, ppo)})." in section
+    )
     assert "trust_ppo_adaptive_lr" not in section and MASKED_ENV_ID not in section  # no runs; not a variant
 
     # the masked env's table: ours against MaskablePPO (reference first), with the verdicts the test gives
