@@ -172,7 +172,7 @@ SUITES: dict[str, Suite] = {
 # ----- Suites of the newer PPO variants (issue 21), masking (issue 22) and new env families (issue 24) ---------------
 _VARIANT_SUITE_ALGOS = ("ppo", "trust_ppo", *VARIANT_KEYS)
 _EXTRA_ENVS = ("MountainCarContinuous-v0", "MiniGrid-DoorKey-5x5-v0", "BipedalWalker-v3")
-# BipedalWalker-v3: rl-zoo3's PPO budget (5M steps, 32 envs) is days of CPU here; every algorithm runs 2M
+# BipedalWalker-v3: rl-zoo3's PPO budget (5M steps, 32 envs, ≈ 2.5 h per SB3 PPO run here) is cut to 2M for every algorithm
 EXTRA_BUDGETS = (("BipedalWalker-v3", 2_000_000),)
 SUITES.update(
     (suite.name, suite)
