@@ -153,7 +153,9 @@ def test_packaged_config(key):
     assert set(REQUIRED_ENVS) <= set(config)
     base_name, variant_keys = VARIANT_KEYS[key]
     base = zoo_yml(base_name)
-    for env_id in REQUIRED_ENVS:
+    # the required envs, and every other env id both files list (e.g. the benchmark's `extra` envs)
+    shared = set(config) & set(base) - {"default", "atari"}
+    for env_id in sorted(set(REQUIRED_ENVS) | shared):
         entry, base_entry = config[env_id], base[env_id]
         # Same values as the base file, except the variant's keys
         for name in set(entry) | set(base_entry):
