@@ -18,13 +18,13 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-__all__ = ["MASKED_ENV_ID", "MaskedChoiceEnv", "register_envs"]
+__all__ = ["MASKED_ENV_ID", "MaskedChoiceEnv", "package_hint", "register_envs"]
 
 # The gymnasium id of MaskedChoiceEnv
 MASKED_ENV_ID = "SB3TrustMaskedChoice-v0"
-# Optional packages whose import registers env ids that the suites use (a missing one is not an error here: the
-# runner's env checks name the env that cannot be made)
-OPTIONAL_ENV_PACKAGES = ("minigrid",)
+# Optional packages whose import registers env ids that the suites use, with the prefix of their ids (a missing one is
+# not an error here: the runner's env checks name the env, and the package, see package_hint)
+OPTIONAL_ENV_PACKAGES = {"minigrid": "MiniGrid-"}
 
 
 class MaskedChoiceEnv(gym.Env):
@@ -84,6 +84,17 @@ class MaskedChoiceEnv(gym.Env):
             return self._obs(), -self.penalty, True, False, {}
         reward = action / (self.n_actions - 1)
         return self._draw(), reward, False, self._t >= self.horizon, {}
+
+
+def package_hint(env_id: str) -> str:
+    """
+    :param env_id: an env id
+    :return: ``" (install <package>: ...)"`` when an optional env package registers it, else ``""``
+    """
+    for package, prefix in OPTIONAL_ENV_PACKAGES.items():
+        if env_id.startswith(prefix):
+            return f" (its envs come from the {package!r} package: pip install -e '.[benchmarks]')"
+    return ""
 
 
 def register_envs() -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from benchmarks.envs import MASKED_ENV_ID
+from benchmarks.envs import MASKED_ENV_ID, package_hint
 
 REFERENCE_KEYS = ("ppo", "trpo")
 OUR_KEYS = ("trust_ppo", "trust_ppo_kl", "trust_ppo_kl_fixed", "trust_trpo", "trust_npg")
@@ -310,4 +310,6 @@ def check_env_registered(env_id: str) -> None:
 
     if env_id not in gym.envs.registry:
         known = sorted({env for suite in SUITES.values() for env in suite.envs})
-        raise BenchmarkInputError(f"unknown env {env_id!r} (not registered in gymnasium); the suites use: {_choices(known)}")
+        raise BenchmarkInputError(
+            f"unknown env {env_id!r} (not registered in gymnasium{package_hint(env_id)}); the suites use: {_choices(known)}"
+        )

@@ -567,7 +567,9 @@ def test_speed_ratio_is_flagged_across_machines():
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def test_new_suites_plan():
+def test_new_suites_plan(monkeypatch):
+    import gymnasium as gym
+
     from benchmarks.envs import MASKED_ENV_ID
     from benchmarks.suites import VARIANT_KEYS, reference_for
 
@@ -611,6 +613,16 @@ def test_new_suites_plan():
     assert {spec.timesteps for spec in build_plan(suite="extra", timesteps=3000, check=False).specs} == {3000}
     minigrid = next(spec for spec in extra.specs if spec.env == "MiniGrid-DoorKey-5x5-v0" and spec.algo == "trust_ppo")
     assert minigrid.entry["env_wrapper"] == "minigrid.wrappers.FlatObsWrapper"
+    # every env of the new suites can be made (MiniGrid's come from the minigrid package, imported by register_envs)
+    pytest.importorskip("minigrid")
+    for suite in ("masked", "extra"):
+        assert build_plan(suite=suite, seeds=[0], check=True).specs
+    # without the package, the error names it
+    from benchmarks.suites import check_env_registered
+
+    monkeypatch.delitem(gym.registry, "MiniGrid-DoorKey-5x5-v0")
+    with pytest.raises(BenchmarkInputError, match="the 'minigrid' package"):
+        check_env_registered("MiniGrid-DoorKey-5x5-v0")
 
 
 def _table_names(text: str, header: str) -> list[str]:
