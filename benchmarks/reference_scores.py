@@ -104,6 +104,22 @@ PUBLISHED: tuple[PublishedScore, ...] = (
     PublishedScore("HalfCheetah-v4", "trpo", 1785.476, 68.672, "RL Zoo", "HalfCheetah-v3", _M),
     PublishedScore("Walker2d-v4", "ppo", 3478.798, 821.708, "RL Zoo", "Walker2d-v3", _M),
     PublishedScore("Walker2d-v4", "trpo", 4933.148, 1452.538, "RL Zoo", "Walker2d-v3", _M),
+    # (the `extra` suite's envs; no MiniGrid rows were collected)
+    PublishedScore("MountainCarContinuous-v0", "ppo", 88.343, 2.572, "RL Zoo", "MountainCarContinuous-v0", 20_000),
+    PublishedScore("MountainCarContinuous-v0", "trpo", 92.489, 0.355, "RL Zoo", "MountainCarContinuous-v0", 50_000),
+    PublishedScore(
+        "BipedalWalker-v3",
+        "ppo",
+        287.939,
+        2.448,
+        "RL Zoo",
+        "BipedalWalker-v3",
+        5 * _M,
+        note="trained 5M steps, our runs 2M; the row was 213.299 ± 129.490 before its last update",
+    ),
+    PublishedScore(
+        "BipedalWalker-v3", "trpo", 182.339, 145.570, "RL Zoo", "BipedalWalker-v3", _M, note="trained 1M steps, our runs 2M"
+    ),
     # sb3-contrib TRPO docs (3 seeds)
     PublishedScore("Swimmer-v4", "trpo", 359.0, 2.0, "sb3-contrib docs", "Swimmer-v3", _M),
     PublishedScore("Hopper-v4", "trpo", 3372.0, 215.0, "sb3-contrib docs", "Hopper-v3", _M),
@@ -144,6 +160,10 @@ ENV_CAVEATS: dict[str, str] = {
     "Hopper-v4": _MUJOCO_V4,
     "HalfCheetah-v4": _MUJOCO_V4 + "; HalfCheetah single numbers are fragile (large seed variance)",
     "Walker2d-v4": _MUJOCO_V4,
+    "MountainCarContinuous-v0": "same env version; sparse reward; zoo budgets: PPO 20k, TRPO 50k, both with gSDE",
+    "BipedalWalker-v3": (
+        "same env version; the zoo agents trained PPO 5M and TRPO 1M steps, the extra suite runs 2M for every algorithm"
+    ),
 }
 
 # Mean return of a uniform random policy (action_space.sample()), measured here: gymnasium 1.4.0, mujoco 4.0.0,
@@ -158,6 +178,8 @@ RANDOM_SCORES: dict[str, float] = {
     "Hopper-v4": 17.67,
     "HalfCheetah-v4": -282.49,
     "Walker2d-v4": 2.61,
+    "MountainCarContinuous-v0": -33.25,
+    "BipedalWalker-v3": -102.82,
 }
 
 # PPO paper (Schulman et al. 2017, arXiv:1707.06347) Table 1: average normalised score over 7 MuJoCo tasks × 3 seeds

@@ -23,7 +23,7 @@ import numpy as np
 
 from benchmarks import reference_scores as refs
 from benchmarks.runner import DEFAULT_RESULTS_DIR, CurrentState, is_finished, iter_records, load_manifests, staleness
-from benchmarks.suites import ALGOS, PPO_PAPER_ORDER, SUITES
+from benchmarks.suites import ALGOS, ENV_REFERENCES, PPO_PAPER_ORDER, SUITES, reference_for
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "RESULTS.md"
 README = Path(__file__).resolve().parent / "README.md"
@@ -151,10 +151,11 @@ def family(algo: str) -> str | None:
     return ALGOS[algo].reference or ALGOS[algo].name
 
 
-def _order(label: str) -> tuple[int, str]:
+def _order(label: str) -> tuple[bool, int, str]:
+    """:return: the sort key of a label: references first, then in ``ALGOS`` order"""
     names = list(ALGOS)
     algo = label.split("+", 1)[0]
-    return (names.index(algo) if algo in names else len(names), label)
+    return (not _is_reference(label), names.index(algo) if algo in names else len(names), label)
 
 
 def _env_order(envs: Sequence[str]) -> list[str]:
@@ -206,12 +207,19 @@ class Results:
     def reference_of(self, group: Group) -> Group | None:
         """
         :param group: a group of ours
-        :return: the reference group at the same env and budget (same overrides if it has them), if it has runs
+        :return: the group of its reference on the env (``suites.reference_for``: the algorithm's, or the env's
+            override) at the same env and budget (same overrides if it has them), if it has runs
         """
-        algo = ALGOS.get(group.algo)
-        if algo is None or algo.reference is None:
-            return None
-        for label in (algo.reference + group.suffix, algo.reference):
+        reference = reference_for(group.algo, group.env)
+        return None if reference is None else self.counterpart(group, reference)
+
+    def counterpart(self, group: Group, algo: str) -> Group | None:
+        """
+        :param group: a group
+        :param algo: another benchmark algorithm name
+        :return: that algorithm's group at the same env and budget (same overrides if it has them), if it has runs
+        """
+        for label in (algo + group.suffix, algo):
             candidate = self.groups.get((group.env, label, group.timesteps))
             if candidate is not None and candidate.runs:
                 return candidate
@@ -809,6 +817,72 @@ def _returns_summary(results: Results) -> str:
     return _env_table(results, True, cell, "No finished runs yet.\n")
 
 
+def _comparison(group: Group, other: Group | None) -> tuple[str, str, str]:
+    """:return: the other side's mean final return, the difference of the means (ours − other), and the verdict"""
+    if other is None:
+        return "–", "–", "no runs to compare with"
+    decision, p = verdict(group, other)
+    difference = float(group.finals.mean() - other.finals.mean())
+    return (
+        f"{_num(float(other.finals.mean()))} ({_runs(len(other.runs))})",
+        f"{difference:+.1f}",
+        decision + (f" (p = {p:.3f})" if p is not None else ""),
+    )
+
+
+def _variants_section(results: Results) -> str:
+    """
+    :return: the variants table: each variant of ours (``BenchAlgo.variant_of``) per env, at its main budget, against
+        the algorithm it is a variant of (PPO-clip, ours) and against its reference (SB3 PPO), with a list of where it
+        is significantly worse
+    """
+    labels = sorted(
+        {
+            key[1]
+            for key, group in results.groups.items()
+            if group.runs and ALGOS.get(group.algo) is not None and ALGOS[group.algo].variant_of is not None
+        },
+        key=_order,
+    )
+    if not labels:
+        return "No finished runs of the variants yet (`python -m benchmarks run --suite variants`).\n"
+    rows: list[list[str]] = []
+    worse: list[str] = []
+    better: list[str] = []
+    for env in results.envs():
+        for label in labels:
+            group = results.main_group(env, label)
+            if group is None:
+                continue
+            base = ALGOS[group.algo].variant_of
+            assert base is not None
+            reference = reference_for(group.algo, env)
+            cells = [env, f"**{label}**", _steps(group.timesteps), str(len(group.runs))]
+            cells.append(f"{_num(float(group.finals.mean()))} ± {_num(float(group.finals.std()))}")
+            for name, other in ((base, results.counterpart(group, base)), (reference, results.reference_of(group))):
+                mean, difference, decision = _comparison(group, other)
+                cells += [mean, difference, decision]
+                for word, found in (("worse", worse), ("better", better)):
+                    if decision.startswith(word):
+                        found.append(f"{label} on {env} vs {name} ({decision})")
+            rows.append(cells)
+    headers = ["env", "variant", "budget", "runs", "final return (mean ± std)"]
+    headers += ["PPO-clip (ours): mean", "Δ", "verdict vs PPO-clip (ours)", "SB3 PPO: mean", "Δ", "verdict vs SB3 PPO"]
+    lines = [
+        "Each variant against `trust_ppo` (PPO-clip, our implementation, the same zoo hyperparameters) and against `ppo` "
+        "(SB3 PPO, the reference), at the same env and budget; Δ = the variant's mean final return minus the other's. "
+        f"Same verdict rule as above (at least {MIN_RUNS} runs per side: with 3 seeds, a variant gets *n/a*).",
+        "",
+        _table(headers, rows),
+        "",
+        "**Significantly worse:** " + ("; ".join(worse) if worse else "nowhere (among the comparisons with a verdict)") + ".",
+        "",
+        "**Significantly better:** " + ("; ".join(better) if better else "nowhere") + ".",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def _aggregate_section(
     aggregate: Aggregate, points: dict[str, np.ndarray], intervals: dict[str, np.ndarray], plots: dict[str, str]
 ) -> str:
@@ -1060,7 +1134,13 @@ def _build_report(results_dir: Path, out: Path, plots_dir: str | Path | None, re
         "- **Final return**: mean return of the final deterministic evaluation of each run (separate eval env, "
         "see the README), then mean ± std over runs (seeds). **IQM**: interquartile mean over runs, with a 95% "
         "stratified-bootstrap CI (rliable).",
-        f"- **Verdict** (ours vs the reference implementation, TrustPPO keys vs `ppo`, TrustTRPO/NPG vs `trpo`): {RULE}.",
+        "- **Verdict** (ours vs the reference implementation, TrustPPO keys vs `ppo`, TrustTRPO/NPG vs `trpo`"
+        + "".join(
+            f"; on {env}: vs `{new}` instead of " + " and ".join(f"`{old}`" for old in overrides if overrides[old] == new)
+            for env, overrides in ENV_REFERENCES.items()
+            for new in dict.fromkeys(overrides.values())
+        )
+        + f"): {RULE}.",
         "- **Published**: the RL Zoo number for the same library and hyperparameters (one agent; see each env's caveat "
         "and the other published numbers under its table). It is context: verdicts use our own reference runs.",
         "- **Speed**: training steps per second with torch pinned to 1 thread, evaluation time excluded; the ratio is "
@@ -1078,6 +1158,9 @@ def _build_report(results_dir: Path, out: Path, plots_dir: str | Path | None, re
         "## Summary: final return per env (mean ± std over seeds; verdict against the reference, p-value)",
         "",
         _returns_summary(results),
+        "## Newer PPO variants vs PPO-clip (ours) and SB3 PPO",
+        "",
+        _variants_section(results),
         "## Per env",
         "",
     ]

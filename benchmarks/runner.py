@@ -39,12 +39,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
+from benchmarks.envs import register_envs
 from benchmarks.suites import (
     ALGOS,
     REFERENCE_KEYS,
     SUITES,
     BenchAlgo,
     BenchmarkInputError,
+    Suite,
     budget,
     check_env_registered,
     get_algo,
@@ -75,7 +77,7 @@ VERSIONED = {
     "sb3_trust": "sb3_trust",
 }
 # The library whose version decides whether a reference result is current
-REFERENCE_LIBRARY = {"ppo": "stable_baselines3", "trpo": "sb3_contrib"}
+REFERENCE_LIBRARY = {"ppo": "stable_baselines3", "trpo": "sb3_contrib", "ppo_mask": "sb3_contrib"}
 # Sub-packages of sb3_trust that are glue, not algorithm code: not part of the code hash
 GLUE_PACKAGES = ("zoo",)
 # The source files of the algorithm code
@@ -333,10 +335,20 @@ def jsonable(value: Any) -> Any:
     return repr(value)
 
 
-def _make_eval_recorder(eval_env: Any, eval_freq: int, n_episodes: int, progress: Callable[[int], None] | None) -> Any:
+def _make_eval_recorder(
+    eval_env: Any, eval_freq: int, n_episodes: int, progress: Callable[[int], None] | None, masked: bool = False
+) -> Any:
+    from sb3_contrib.common.maskable.evaluation import evaluate_policy as maskable_evaluate_policy
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.evaluation import evaluate_policy
     from stable_baselines3.common.vec_env import sync_envs_normalization
+
+    def evaluate_episodes(model: Any, episodes: int) -> tuple[Any, Any]:
+        if masked:  # sb3-contrib's evaluation: the env's action_masks() passed to predict
+            return maskable_evaluate_policy(
+                model, eval_env, n_eval_episodes=episodes, deterministic=True, return_episode_rewards=True, use_masking=True
+            )
+        return evaluate_policy(model, eval_env, n_eval_episodes=episodes, deterministic=True, return_episode_rewards=True)
 
     class EvalRecorder(BaseCallback):
         """
@@ -354,9 +366,7 @@ def _make_eval_recorder(eval_env: Any, eval_freq: int, n_episodes: int, progress
         def evaluate(self, episodes: int) -> dict[str, Any]:
             start = time.perf_counter()
             sync_envs_normalization(self.model.get_env(), eval_env)
-            returns, lengths = evaluate_policy(
-                self.model, eval_env, n_eval_episodes=episodes, deterministic=True, return_episode_rewards=True
-            )
+            returns, lengths = evaluate_episodes(self.model, episodes)
             self.eval_seconds += time.perf_counter() - start
             returns = [float(value) for value in returns]
             return {
@@ -387,9 +397,10 @@ def _train_and_evaluate(spec: RunSpec, progress: Callable[[int], None] | None) -
     import torch as th
 
     th.set_num_threads(1)
-    from sb3_trust.zoo import TrustExperimentManager, register_zoo
+    from sb3_trust.zoo import TrustExperimentManager, is_masked, register_zoo
 
     register_zoo()
+    register_envs()  # in worker processes and Ray tasks too
     with tempfile.TemporaryDirectory(prefix="sb3_trust_bench_") as log_folder:
         manager = TrustExperimentManager(
             argparse.Namespace(**{key: value for key, value in spec.to_dict().items() if key != "driver"}),
@@ -415,7 +426,9 @@ def _train_and_evaluate(spec: RunSpec, progress: Callable[[int], None] | None) -
         manager.seed = spec.seed
         setup_seconds = time.perf_counter() - setup_start
 
-        recorder = _make_eval_recorder(eval_env, spec.eval_freq, spec.eval_episodes, progress)
+        # A model with action masks (MaskablePPO, or ours with use_masking) is evaluated with them
+        masked = is_masked(model)
+        recorder = _make_eval_recorder(eval_env, spec.eval_freq, spec.eval_episodes, progress, masked=masked)
         learn_start = time.perf_counter()
         model.learn(manager.n_timesteps, callback=[*manager.callbacks, recorder])
         learn_seconds = time.perf_counter() - learn_start
@@ -454,6 +467,7 @@ def _train_and_evaluate(spec: RunSpec, progress: Callable[[int], None] | None) -
                 "normalize": jsonable(normalize),
                 "env_wrapper": jsonable(manager.env_wrapper),
                 "model_class": jsonable(type(model)),
+                "eval_with_masks": masked,
             },
         }
         model.get_env().close()
@@ -652,7 +666,7 @@ def staleness(record: dict[str, Any], current: CurrentState) -> list[str]:
     Why a finished result no longer describes the current code (empty: it is current).
 
     - ours: the algorithm code hash differs (``sb3_trust/**/*.py`` except the zoo glue), or SB3's version does;
-    - a reference: the version of its library (SB3 for ``ppo``, sb3-contrib for ``trpo``) differs;
+    - a reference: the version of its library (SB3 for ``ppo``, sb3-contrib for ``trpo`` and ``ppo_mask``) differs;
     - both: the yml entry (with the overrides) differs from the one the run used.
 
     :param record: a result record
@@ -664,8 +678,9 @@ def staleness(record: dict[str, Any], current: CurrentState) -> list[str]:
     versions = record.get("versions", {})
     if run["algo"] not in ALGOS:
         return [f"algorithm {run['algo']!r} is no longer defined"]
-    libraries = [REFERENCE_LIBRARY[run["zoo_key"]]] if run["zoo_key"] in REFERENCE_KEYS else ["stable_baselines3"]
-    if run["zoo_key"] not in REFERENCE_KEYS:
+    reference = run["zoo_key"] in REFERENCE_LIBRARY
+    libraries = [REFERENCE_LIBRARY[run["zoo_key"]]] if reference else ["stable_baselines3"]
+    if not reference:
         code = record.get("code", {})
         now = current.code_hash(code.get("family"))
         if code.get("hash") != now:
@@ -841,7 +856,18 @@ def _selection(suite: str | None, envs: list[str] | None, algos: list[str] | Non
             raise BenchmarkInputError(
                 f"algorithm {name!r} is not in suite {suite!r}; its algorithms: {', '.join(chosen.algos)}"
             )
+    asked = [(env, name) for env in envs or chosen.envs for name in algos or chosen.algos]
+    if not any(chosen.runs(env, name) for env, name in asked):
+        skipped = ", ".join(f"{name} on {env}" for env, name in chosen.skip)
+        raise BenchmarkInputError(f"suite {suite!r} runs none of the runs asked for (it does not run: {skipped})")
     return list(chosen.envs), list(chosen.algos)
+
+
+def _suite_budget(suite: Suite | None, env: str, timesteps: int | None) -> int | None:
+    """:return: the ``--timesteps`` override, else the suite's budget on the env, else ``None`` (the yml's)"""
+    if timesteps is not None or suite is None:
+        return timesteps
+    return suite.budget(env)
 
 
 def build_plan(
@@ -874,7 +900,12 @@ def build_plan(
     """
     seeds = seeds if seeds is not None else [0]
     _check_numbers(timesteps, eval_freq, eval_episodes, final_eval_episodes)
+    register_envs()
     suite_envs, suite_algos = _selection(suite, envs, algos)
+    chosen = get_suite(suite) if suite is not None else None
+    # (env, algorithm) pairs the sweep runs, in plan order (a suite may skip some)
+    pairs = [(env, name) for env in suite_envs for name in suite_algos if chosen is None or chosen.runs(env, name)]
+
     run_envs = list(dict.fromkeys(envs)) if envs else suite_envs
     run_algos = list(dict.fromkeys(algos)) if algos else suite_algos
 
@@ -883,9 +914,8 @@ def build_plan(
     for env in suite_envs:
         check_env_registered(env)
     bench_algos = {name: get_algo(name) for name in suite_algos}
-    for name in suite_algos:
-        for env in suite_envs:
-            yml_entry(bench_algos[name], env, overrides)  # raises with the valid envs
+    for env, name in pairs:
+        yml_entry(bench_algos[name], env, overrides)  # raises with the valid envs
     if check:
         for env in run_envs:
             check_env_makes(env)
@@ -895,29 +925,28 @@ def build_plan(
     driver = {"git": git_info(), "code_hash": algorithm_code_hash()["hash"], "command": sys.argv, "host": socket.gethostname()}
     specs, expected = [], []
     for seed in seeds:
-        for env in suite_envs:
-            for name in suite_algos:
-                algo = bench_algos[name]
-                steps = budget(algo, env, overrides, timesteps)
-                spec = RunSpec(
-                    algo=name,
-                    zoo_key=algo.zoo_key,
-                    label=label_for(algo, cli),
-                    env=env,
-                    seed=seed,
-                    timesteps=steps,
-                    hyperparams={**algo.hyperparams, **overrides},
-                    cli_hyperparams=cli,
-                    entry=jsonable(yml_entry(algo, env, overrides)),
-                    eval_freq=eval_freq if eval_freq is not None else default_eval_freq(steps),
-                    eval_episodes=eval_episodes,
-                    final_eval_episodes=final_eval_episodes,
-                    eval_seed=seed + EVAL_SEED_OFFSET,
-                    driver=driver,
-                )
-                expected.append(spec.run_id)
-                if env in run_envs and name in run_algos:
-                    specs.append(spec)
+        for env, name in pairs:
+            algo = bench_algos[name]
+            steps = budget(algo, env, overrides, _suite_budget(chosen, env, timesteps))
+            spec = RunSpec(
+                algo=name,
+                zoo_key=algo.zoo_key,
+                label=label_for(algo, cli),
+                env=env,
+                seed=seed,
+                timesteps=steps,
+                hyperparams={**algo.hyperparams, **overrides},
+                cli_hyperparams=cli,
+                entry=jsonable(yml_entry(algo, env, overrides)),
+                eval_freq=eval_freq if eval_freq is not None else default_eval_freq(steps),
+                eval_episodes=eval_episodes,
+                final_eval_episodes=final_eval_episodes,
+                eval_seed=seed + EVAL_SEED_OFFSET,
+                driver=driver,
+            )
+            expected.append(spec.run_id)
+            if env in run_envs and name in run_algos:
+                specs.append(spec)
     name = suite or "custom"
     if timesteps is not None:
         name += f"-t{timesteps}"
@@ -1021,7 +1050,7 @@ class Progress:
         self.running.pop(spec.run_id, None)
         self.steps_finished += spec.timesteps
         done = self.finished_count + self.failed_count + 1
-        head = f"[{done:>{len(str(self.total))}}/{self.total}] {spec.label:<20} {spec.env:<25} seed {spec.seed:<3}"
+        head = f"[{done:>{len(str(self.total))}}/{self.total}] {spec.label:<22} {spec.env:<25} seed {spec.seed:<3}"
         if is_finished(record):
             self.finished_count += 1
             timing = record["timing"]

@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from benchmarks.envs import MASKED_ENV_ID, package_hint
+
 REFERENCE_KEYS = ("ppo", "trpo")
 OUR_KEYS = ("trust_ppo", "trust_ppo_kl", "trust_ppo_kl_fixed", "trust_trpo", "trust_npg")
 # TrustPPO with a trust-region projection layer (Otto et al., ICLR 2021), one key per projection
@@ -38,6 +40,8 @@ class BenchAlgo:
     :param reference: name of the reference it is compared with (``None`` for a reference itself)
     :param hyperparams: overrides applied on top of the yml entry, as rl-zoo3's ``--hyperparams``
     :param description: one line for listings and the report
+    :param variant_of: the algorithm of ours it is a variant of, if any: the report also compares it with that one
+        (the variants table)
     """
 
     name: str
@@ -45,6 +49,7 @@ class BenchAlgo:
     reference: str | None
     hyperparams: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    variant_of: str | None = None
 
     @property
     def is_reference(self) -> bool:
@@ -76,6 +81,42 @@ ALGOS: dict[str, BenchAlgo] = {
     )
 }
 
+# ----- The newer PPO variants (issue 21): compared with PPO-clip (ours, their `variant_of`) and with SB3 PPO ---------
+VARIANT_KEYS = ("trust_ppo_dual_clip", "trust_ppo_clip_higher", "trust_ppo_spo", "trust_ppo_adaptive_lr", "trust_ppo_vf_lr")
+_VARIANT_DESCRIPTIONS = (
+    "dual-clip PPO",
+    "asymmetric clipping (DAPO's clip-higher)",
+    "Simple Policy Optimization",
+    "PPO-clip with the KL-adaptive learning rate",
+    "PPO-clip with the value function's own learning rate",
+)
+ALGOS.update(
+    (key, BenchAlgo(key, key, "ppo", description=f"TrustPPO, {description}", variant_of="trust_ppo"))
+    for key, description in zip(VARIANT_KEYS, _VARIANT_DESCRIPTIONS, strict=True)
+)
+
+# ----- Masking (issue 22): sb3-contrib's MaskablePPO, the reference of our masked models on the masked env ----------
+ALGOS["ppo_mask"] = BenchAlgo(
+    "ppo_mask", "ppo_mask", None, description="sb3-contrib MaskablePPO (reference for action masking), ppo_mask.yml"
+)
+# On these envs, an algorithm whose reference is a key is compared with the value instead (the suites' default
+# references cannot mask actions: on the masked env both TrustPPO and TrustTRPO are compared with MaskablePPO)
+ENV_REFERENCES: dict[str, dict[str, str]] = {MASKED_ENV_ID: {"ppo": "ppo_mask", "trpo": "ppo_mask"}}
+
+
+def reference_for(algo: str, env: str) -> str | None:
+    """
+    :param algo: a benchmark algorithm name
+    :param env: an env id
+    :return: the name of the reference it is compared with on the env (its own, unless ``ENV_REFERENCES`` overrides
+        it there), ``None`` for a reference itself or an unknown algorithm
+    """
+    bench = ALGOS.get(algo)
+    if bench is None or bench.reference is None:
+        return None
+    return ENV_REFERENCES.get(env, {}).get(bench.reference, bench.reference)
+
+
 # The PPO variants of the PPO paper's Table 1, in the order the paper ranks them (best first)
 PPO_PAPER_ORDER = ("trust_ppo", "trust_ppo_kl", "trust_ppo_kl_fixed", "trust_ppo_unclipped")
 
@@ -87,12 +128,33 @@ class Suite:
     :param envs: env ids
     :param algos: benchmark algorithm names (the references included)
     :param description: one line for listings and the report
+    :param skip: (env, algorithm) pairs that the suite does not run (e.g. no config for the env), with the reason in
+        ``description``
+    :param budgets: (env, steps) pairs: the budget of every run on the env (instead of each yml's ``n_timesteps``,
+        the same for the references and ours), unless ``--timesteps`` is given
     """
 
     name: str
     envs: tuple[str, ...]
     algos: tuple[str, ...]
     description: str = ""
+    skip: tuple[tuple[str, str], ...] = ()
+    budgets: tuple[tuple[str, int], ...] = ()
+
+    def runs(self, env: str, algo: str) -> bool:
+        """
+        :param env: one of its envs
+        :param algo: one of its algorithms
+        :return: whether the suite runs the algorithm on the env
+        """
+        return (env, algo) not in self.skip
+
+    def budget(self, env: str) -> int | None:
+        """
+        :param env: one of its envs
+        :return: the suite's budget on the env, ``None``: each yml entry's ``n_timesteps``
+        """
+        return dict(self.budgets).get(env)
 
 
 _QUICK_ENVS = ("CartPole-v1", "Pendulum-v1")
@@ -118,6 +180,43 @@ SUITES: dict[str, Suite] = {
         ),
     )
 }
+
+# ----- Suites of the newer PPO variants (issue 21), masking (issue 22) and new env families (issue 24) ---------------
+_VARIANT_SUITE_ALGOS = ("ppo", "trust_ppo", *VARIANT_KEYS)
+_EXTRA_ENVS = ("MountainCarContinuous-v0", "MiniGrid-DoorKey-5x5-v0", "BipedalWalker-v3")
+# BipedalWalker-v3: rl-zoo3's PPO budget (5M steps, 32 envs, ≈ 2.5 h per SB3 PPO run here) is cut to 2M for every algorithm
+EXTRA_BUDGETS = (("BipedalWalker-v3", 2_000_000),)
+SUITES.update(
+    (suite.name, suite)
+    for suite in (
+        Suite(
+            "variants",
+            _CLASSIC_ENVS,
+            _VARIANT_SUITE_ALGOS,
+            "classic envs (5 seeds): the newer PPO variants vs PPO-clip (ours) and SB3 PPO",
+        ),
+        Suite(
+            "variants_mujoco",
+            ("Hopper-v4", "HalfCheetah-v4"),
+            _VARIANT_SUITE_ALGOS,
+            "Hopper-v4 and HalfCheetah-v4 (3 seeds) at 1M: the newer PPO variants vs PPO-clip (ours) and SB3 PPO",
+        ),
+        Suite(
+            "masked",
+            (MASKED_ENV_ID,),
+            ("ppo_mask", "trust_ppo", "trust_trpo"),
+            "the masked env (benchmarks/envs.py, 5 seeds): TrustPPO and TrustTRPO with masks vs MaskablePPO",
+        ),
+        Suite(
+            "extra",
+            _EXTRA_ENVS,
+            ("ppo", "trpo", "trust_ppo", "trust_trpo"),
+            "one env per new family: sparse reward, MiniGrid (no TRPO: rl-zoo3 has no config), 2nd Box2D (2M steps)",
+            skip=(("MiniGrid-DoorKey-5x5-v0", "trpo"), ("MiniGrid-DoorKey-5x5-v0", "trust_trpo")),
+            budgets=EXTRA_BUDGETS,
+        ),
+    )
+)
 
 
 def _choices(values: Sequence[str]) -> str:
@@ -223,4 +322,6 @@ def check_env_registered(env_id: str) -> None:
 
     if env_id not in gym.envs.registry:
         known = sorted({env for suite in SUITES.values() for env in suite.envs})
-        raise BenchmarkInputError(f"unknown env {env_id!r} (not registered in gymnasium); the suites use: {_choices(known)}")
+        raise BenchmarkInputError(
+            f"unknown env {env_id!r} (not registered in gymnasium{package_hint(env_id)}); the suites use: {_choices(known)}"
+        )

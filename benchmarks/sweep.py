@@ -34,12 +34,16 @@ def list_choices(stream: TextIO | None = None) -> None:
     stream = stream or sys.stdout
     print("Suites:", file=stream)
     for suite in SUITES.values():
-        print(f"  {suite.name:<10} {suite.description}", file=stream)
-        print(f"  {'':<10} envs: {', '.join(suite.envs)}", file=stream)
-        print(f"  {'':<10} algorithms: {', '.join(suite.algos)}", file=stream)
+        print(f"  {suite.name:<15} {suite.description}", file=stream)
+        print(f"  {'':<15} envs: {', '.join(suite.envs)}", file=stream)
+        print(f"  {'':<15} algorithms: {', '.join(suite.algos)}", file=stream)
+        if suite.skip:
+            print(f"  {'':<15} not run: {', '.join(f'{algo} on {env}' for env, algo in suite.skip)}", file=stream)
+        if suite.budgets:
+            print(f"  {'':<15} budgets: {', '.join(f'{env} {steps:,} steps' for env, steps in suite.budgets)}", file=stream)
     print("Algorithms:", file=stream)
     for algo in ALGOS.values():
-        print(f"  {algo.name:<20} {algo.description}", file=stream)
+        print(f"  {algo.name:<22} {algo.description}", file=stream)
 
 
 def make_parser() -> argparse.ArgumentParser:

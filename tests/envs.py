@@ -4,6 +4,10 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from benchmarks.envs import MaskedChoiceEnv  # the benchmark's masked env (one definition, used by the tests too)
+
+__all__ = ["MaskedChoiceEnv", "SpaceEnv"]
+
 
 class SpaceEnv(gym.Env):
     """
@@ -41,52 +45,3 @@ class SpaceEnv(gym.Env):
         self._t += 1
         reward = -float(np.mean(np.square(np.asarray(action, dtype=np.float32) - 0.5)))
         return self._obs(), reward, False, self._t >= 20, {}
-
-
-class MaskedChoiceEnv(gym.Env):
-    """
-    Action masking matters: at each of the 10 steps a random pair of the 6 actions is valid, which only
-    ``action_masks()`` tells (the observation is the time, t / 10); a valid action ``a`` earns ``a / 5``, an invalid one
-    ends the episode with -10. With the masks, the best valid action scores ~7.3 per episode, a random valid one ~5;
-    without, any fixed action is invalid 2 times in 3, and the best policy scores below 0.
-
-    :param broken: ``"shape"``: masks of the wrong size; ``"empty"``: every action masked from step 3 (bad input tests)
-    """
-
-    n_actions, n_valid, horizon, penalty = 6, 2, 10, 10.0
-
-    def __init__(self, broken: str | None = None) -> None:
-        super().__init__()
-        self.action_space = spaces.Discrete(self.n_actions)
-        self.observation_space = spaces.Box(0.0, 1.0, shape=(1,), dtype=np.float32)
-        self.broken = broken
-        self._t = 0
-        self._mask = np.ones(self.n_actions, dtype=bool)
-
-    def _draw(self) -> np.ndarray:
-        self._mask = np.zeros(self.n_actions, dtype=bool)
-        self._mask[self.np_random.choice(self.n_actions, self.n_valid, replace=False)] = True
-        return self._obs()
-
-    def _obs(self) -> np.ndarray:
-        return np.array([self._t / self.horizon], dtype=np.float32)
-
-    def action_masks(self) -> np.ndarray:
-        if self.broken == "shape":
-            return np.ones(self.n_actions + 1, dtype=bool)
-        if self.broken == "empty" and self._t >= 3:
-            return np.zeros(self.n_actions, dtype=bool)
-        return self._mask.copy()
-
-    def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        self._t = 0
-        return self._draw(), {}
-
-    def step(self, action):
-        action = int(action)
-        self._t += 1
-        if not self._mask[action]:
-            return self._obs(), -self.penalty, True, False, {}
-        reward = action / (self.n_actions - 1)
-        return self._draw(), reward, False, self._t >= self.horizon, {}

@@ -91,9 +91,19 @@ def test_suites_and_plan():
         (dict(suite="quick", algos=["trust_ppo_unclipped"]), "its algorithms: ppo, trpo"),
         (dict(envs=["CartPole-v1"], algos=["ppo2"]), "valid algorithms: ppo, trpo, trust_ppo"),
         (dict(envs=["NoSuchEnv-v0"], algos=["ppo"]), "not registered in gymnasium"),
-        (dict(envs=["MountainCar-v0"], algos=["trust_ppo"]), "valid envs: Acrobot-v1, CartPole-v1"),
+        (dict(envs=["MountainCar-v0"], algos=["trust_ppo"]), "valid envs: Acrobot-v1, BipedalWalker-v3, CartPole-v1"),
         (dict(envs=["CartPole-v1"]), "give --suite"),
         (dict(suite="quick", timesteps=0), "--timesteps must be >= 1"),
+        (dict(suite="nope"), "valid suites: quick, classic, mujoco, variants, variants_mujoco, masked, extra"),
+        (dict(suite="masked", envs=["CartPole-v1"]), "its envs: SB3TrustMaskedChoice-v0"),
+        (dict(suite="masked", algos=["ppo"]), "its algorithms: ppo_mask, trust_ppo, trust_trpo"),
+        (dict(envs=["SB3TrustMaskedChoice-v0"], algos=["ppo"]), "valid envs: Acrobot-v1"),
+        (dict(envs=["MiniGrid-DoorKey-5x5-v0"], algos=["trpo"]), "unknown env 'MiniGrid-DoorKey-5x5-v0' for trpo"),
+        (dict(envs=["CartPole-v1"], algos=["ppo_masked"]), "valid algorithms: ppo, trpo, trust_ppo"),
+        (
+            dict(suite="extra", envs=["MiniGrid-DoorKey-5x5-v0"], algos=["trpo", "trust_trpo"]),
+            "does not run: trpo on MiniGrid-DoorKey-5x5-v0, trust_trpo on MiniGrid-DoorKey-5x5-v0",
+        ),
     ],
 )
 def test_bad_input_fails_fast(kwargs, message):
@@ -550,3 +560,186 @@ def test_speed_ratio_is_flagged_across_machines():
     assert speed_ratio(group(300.0, [second]), group(100.0, [first])) == "3.00× (other hosts)"
     assert speed_ratio(group(300.0, [second]), group(100.0, [first]), " speed") == "3.00× speed (other hosts)"
     assert speed_ratio(group(300.0, [first]), None) is None
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The suites of the newer PPO variants, masking and the new env families; their report sections
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_new_suites_plan(monkeypatch):
+    import gymnasium as gym
+
+    from benchmarks.envs import MASKED_ENV_ID
+    from benchmarks.suites import VARIANT_KEYS, reference_for
+
+    variants = build_plan(suite="variants", seeds=[0], check=False)
+    assert {spec.algo for spec in variants.specs} == {"ppo", "trust_ppo", *VARIANT_KEYS}
+    assert len(variants.specs) == len(SUITES["classic"].envs) * (2 + len(VARIANT_KEYS))
+    # the same run ids as the classic suite's for ppo and trust_ppo: a result serves both sweeps
+    classic = {spec.run_id for spec in build_plan(suite="classic", seeds=[0], check=False).specs}
+    assert {spec.run_id for spec in variants.specs if spec.algo in ("ppo", "trust_ppo")} <= classic
+    mujoco = build_plan(suite="variants_mujoco", seeds=[0, 1, 2], check=False)
+    assert {spec.env for spec in mujoco.specs} == {"Hopper-v4", "HalfCheetah-v4"} and len(mujoco.specs) == 3 * 2 * 7
+    for key in VARIANT_KEYS:
+        assert ALGOS[key].variant_of == "trust_ppo" and reference_for(key, "Hopper-v4") == "ppo"
+        assert all(spec.entry == jsonable(yml_entry(ALGOS[key], spec.env)) for spec in mujoco.specs if spec.algo == key)
+
+    masked = build_plan(suite="masked", seeds=[0], check=False)
+    assert [(spec.env, spec.algo, spec.zoo_key) for spec in masked.specs] == [
+        (MASKED_ENV_ID, "ppo_mask", "ppo_mask"),
+        (MASKED_ENV_ID, "trust_ppo", "trust_ppo"),
+        (MASKED_ENV_ID, "trust_trpo", "trust_trpo"),
+    ]
+    # the shared settings are the same for the reference and ours
+    entries = {spec.algo: spec.entry for spec in masked.specs}
+    for name in ("n_envs", "n_timesteps", "policy", "n_steps", "batch_size", "gamma", "gae_lambda"):
+        assert entries["ppo_mask"][name] == entries["trust_ppo"][name] == entries["trust_trpo"][name], name
+    assert {key: value for key, value in entries["trust_ppo"].items() if key != "policy_loss"} == entries["ppo_mask"]
+    # per-env reference override: on the masked env both are compared with MaskablePPO, elsewhere with their own
+    assert reference_for("trust_ppo", MASKED_ENV_ID) == reference_for("trust_trpo", MASKED_ENV_ID) == "ppo_mask"
+    assert reference_for("trust_ppo", "CartPole-v1") == "ppo" and reference_for("trust_trpo", "CartPole-v1") == "trpo"
+    assert reference_for("ppo_mask", MASKED_ENV_ID) is None and ALGOS["ppo_mask"].is_reference
+
+    extra = build_plan(suite="extra", seeds=[0, 1], check=False)
+    pairs = {(spec.env, spec.algo) for spec in extra.specs}
+    assert ("MiniGrid-DoorKey-5x5-v0", "trpo") not in pairs and ("MiniGrid-DoorKey-5x5-v0", "trust_trpo") not in pairs
+    assert len(pairs) == 3 * 4 - 2 and len(extra.expected) == 2 * len(pairs)
+    # the suite's budget on BipedalWalker-v3 (the same for every algorithm), the yml's elsewhere, --timesteps first
+    budgets = {(spec.env, spec.algo): spec.timesteps for spec in extra.specs}
+    assert {steps for (env, _), steps in budgets.items() if env == "BipedalWalker-v3"} == {2_000_000}
+    assert budgets[("MountainCarContinuous-v0", "ppo")] == 20_000 and budgets[("MountainCarContinuous-v0", "trpo")] == 50_000
+    assert budgets[("MiniGrid-DoorKey-5x5-v0", "trust_ppo")] == 100_000
+    assert {spec.timesteps for spec in build_plan(suite="extra", timesteps=3000, check=False).specs} == {3000}
+    minigrid = next(spec for spec in extra.specs if spec.env == "MiniGrid-DoorKey-5x5-v0" and spec.algo == "trust_ppo")
+    assert minigrid.entry["env_wrapper"] == "minigrid.wrappers.FlatObsWrapper"
+    # every env of the new suites can be made (MiniGrid's come from the minigrid package, imported by register_envs)
+    pytest.importorskip("minigrid")
+    for suite in ("masked", "extra"):
+        assert build_plan(suite=suite, seeds=[0], check=True).specs
+    # without the package, the error names it
+    from benchmarks.suites import check_env_registered
+
+    monkeypatch.delitem(gym.registry, "MiniGrid-DoorKey-5x5-v0")
+    with pytest.raises(BenchmarkInputError, match="the 'minigrid' package"):
+        check_env_registered("MiniGrid-DoorKey-5x5-v0")
+
+
+def _table_names(text: str, header: str) -> list[str]:
+    """The first column (backquoted names) of the Markdown table whose header row starts with ``header``."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {header} |"))
+    names = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        names.append(line.split("|")[1].strip().strip("`"))
+    return names
+
+
+def test_readme_tables_match_the_suites_and_algorithms(capsys):
+    """benchmarks/README.md lists every suite and algorithm (and only those), in order; so does `run --list`."""
+    text = (REPO / "benchmarks" / "README.md").read_text()
+    assert _table_names(text, "algorithm") == list(ALGOS)
+    assert _table_names(text, "suite") == list(SUITES)
+    main(["--list"])
+    out = capsys.readouterr().out
+    for name in (*SUITES, *ALGOS):
+        assert f"  {name} " in out
+    assert "not run: trpo on MiniGrid-DoorKey-5x5-v0" in out and "BipedalWalker-v3 2,000,000 steps" in out
+
+
+def _save(results: Path, algo: str, env: str, finals: list[float], timesteps: int = 100_000) -> None:
+    for seed, final in enumerate(finals):
+        record = fake_record(algo, env, seed, final, 1000.0, timesteps=timesteps)
+        record["final"] = dict(record["final"], mean=final)
+        record["curve"][-1] = record["final"]
+        save_record(results / f"{record['run_id']}.json", record)
+
+
+def test_variants_table_and_masked_reference_in_the_report(tmp_path, monkeypatch):
+    """
+    The variants table compares each variant with PPO-clip (ours) and with SB3 PPO (verdicts and p-values as the
+    permutation test gives them on the same numbers); on the masked env, ours are compared with MaskablePPO.
+    """
+    from benchmarks.envs import MASKED_ENV_ID
+    from benchmarks.report import Group, Run, load_results
+
+    fixed = {"hash": "feedfacefeedface", "files": 1}
+    monkeypatch.setattr(runner, "algorithm_code_hash", lambda directory=None, family=None: fixed)
+    results = tmp_path / "results"
+    ppo, clip = [100.0, 102.0, 98.0, 101.0, 99.0], [200.0, 203.0, 197.0, 201.0, 199.0]
+    spo = [150.0, 152.0, 148.0, 151.0, 149.0]  # worse than PPO-clip, better than SB3 PPO
+    dual = [201.0, 199.0, 198.0, 202.0, 200.0]  # matches PPO-clip, better than SB3 PPO
+    few = [300.0, 301.0, 302.0]  # 3 seeds: no verdict
+    for algo, finals in (("ppo", ppo), ("trust_ppo", clip), ("trust_ppo_spo", spo), ("trust_ppo_dual_clip", dual)):
+        _save(results, algo, "CartPole-v1", finals)
+    _save(results, "trust_ppo_vf_lr", "CartPole-v1", few)
+    mask_ref, masked_ppo, masked_trpo = [7.0, 7.1, 6.9, 7.05, 6.95], [7.0, 7.02, 6.98, 7.01, 6.99], [5.0, 5.1, 4.9, 5.05, 4.95]
+    for algo, finals in (("ppo_mask", mask_ref), ("trust_ppo", masked_ppo), ("trust_trpo", masked_trpo)):
+        _save(results, algo, MASKED_ENV_ID, finals, timesteps=50_000)
+
+    loaded = load_results(results)
+    group = loaded.groups[(MASKED_ENV_ID, "trust_trpo", 50_000)]
+    assert loaded.reference_of(group) is loaded.groups[(MASKED_ENV_ID, "ppo_mask", 50_000)]
+    assert loaded.reference_of(loaded.groups[("CartPole-v1", "trust_ppo", 100_000)]).label == "ppo"
+    assert not loaded.groups[(MASKED_ENV_ID, "ppo_mask", 50_000)].runs[0].stale  # a current reference result
+
+    text = build_report(results, tmp_path / "report" / "RESULTS.md", reps=200).markdown
+    section = text.split("## Newer PPO variants vs PPO-clip (ours) and SB3 PPO")[1].split("\n## ")[0]
+
+    def group_of(values: list[float]) -> Group:
+        runs = [Run(f"r{i}", i, v, 1.0, np.zeros(1), np.zeros(1), "h", []) for i, v in enumerate(values)]
+        return Group("e", "x", 1, runs=runs)
+
+    def expected(ours: list[float], other: list[float]) -> str:
+        decision, p = verdict(group_of(ours), group_of(other))
+        return decision + (f" (p = {p:.3f})" if p is not None else "")
+
+    def row(label: str) -> list[str]:
+        line = next(line for line in section.splitlines() if line.startswith(f"| CartPole-v1 | **{label}** |"))
+        return [cell.strip() for cell in line.split("|")[1:-1]]
+
+    cells = row("trust_ppo_spo")
+    assert cells[3] == "5" and cells[5].startswith("200.0") and cells[6] == f"{np.mean(spo) - np.mean(clip):+.1f}"
+    assert cells[7] == expected(spo, clip) and cells[7].startswith("worse")
+    assert cells[8].startswith("100.0") and cells[9] == f"{np.mean(spo) - np.mean(ppo):+.1f}"
+    assert cells[10] == expected(spo, ppo) and cells[10].startswith("better")
+    cells = row("trust_ppo_dual_clip")
+    assert cells[7] == expected(dual, clip) and cells[7].startswith("matches") and cells[10].startswith("better")
+    assert row("trust_ppo_vf_lr")[7].startswith("n/a") and row("trust_ppo_vf_lr")[10].startswith("n/a")
+    assert f"**Significantly worse:** trust_ppo_spo on CartPole-v1 vs trust_ppo ({expected(spo, clip)})." in section
+    assert (
+        f"**Significantly better:** trust_ppo_dual_clip on CartPole-v1 vs ppo ({expected(dual, ppo)}); "
+        f"trust_ppo_spo on CartPole-v1 vs ppo ({expected(spo, ppo)})." in section
+    )
+    assert "trust_ppo_adaptive_lr" not in section and MASKED_ENV_ID not in section  # no runs; not a variant
+
+    # the masked env's table: ours against MaskablePPO (reference first), with the verdicts the test gives
+    env_table = text.split(f"### {MASKED_ENV_ID}")[1].split("###")[0]
+    lines = [line for line in env_table.splitlines() if line.startswith("| ")][1:]  # the header row left out
+    assert [line.split("|")[1].strip() for line in lines] == ["ppo_mask", "**trust_ppo**", "**trust_trpo**"]
+    assert expected(masked_ppo, mask_ref) in lines[1] and expected(masked_trpo, mask_ref) in lines[2]
+    assert expected(masked_trpo, mask_ref).startswith("worse")
+    assert "on SB3TrustMaskedChoice-v0: vs `ppo_mask` instead of `ppo` and `trpo`" in text
+
+
+def test_masked_runs_are_evaluated_with_masks(tmp_path):
+    """MaskablePPO and TrustPPO on the masked env, through the runner: evaluated with the masks, so no episode ends
+    early on an invalid action (every one lasts the horizon); without them, the trained policy's deterministic actions
+    are invalid two times in three."""
+    from sb3_contrib import MaskablePPO
+
+    from benchmarks.envs import MASKED_ENV_ID, MaskedChoiceEnv
+    from sb3_trust import TrustPPO
+
+    plan = build_plan(suite="masked", algos=["ppo_mask", "trust_ppo"], timesteps=512, eval_freq=256, eval_episodes=2)
+    for spec in plan.specs:
+        spec.final_eval_episodes = 3
+        record = runner.execute(spec)
+        assert record["status"] == "finished", record.get("error")
+        assert record["config"]["eval_with_masks"] is True
+        assert record["config"]["model_class"] == jsonable({"ppo_mask": MaskablePPO, "trust_ppo": TrustPPO}[spec.algo])
+        lengths = [length for point in record["curve"] for length in point["lengths"]]
+        assert len(lengths) > 3 and set(lengths) == {MaskedChoiceEnv.horizon}, (spec.algo, lengths)
+        assert record["run"]["env"] == MASKED_ENV_ID

@@ -23,9 +23,11 @@ optuna = pytest.importorskip("optuna")
 import rl_zoo3  # noqa: E402
 import yaml  # noqa: E402
 from rl_zoo3.hyperparams_opt import HYPERPARAMS_CONVERTER, HYPERPARAMS_SAMPLER  # noqa: E402
+from sb3_contrib import MaskablePPO  # noqa: E402
 from stable_baselines3.common.callbacks import BaseCallback  # noqa: E402
 from stable_baselines3.common.env_util import make_vec_env  # noqa: E402
 
+from benchmarks.envs import MASKED_ENV_ID, MaskedChoiceEnv, register_envs  # noqa: E402
 from sb3_trust import TrustPPO  # noqa: E402
 from sb3_trust.common.schedules import CosineSchedule, LinearSchedule  # noqa: E402
 from sb3_trust.zoo import (  # noqa: E402
@@ -44,7 +46,8 @@ from sb3_trust.zoo import (  # noqa: E402
 
 pytestmark = pytest.mark.zoo
 
-KEYS = list(ZOO_ALGOS)
+# Our keys; ppo_mask (sb3-contrib's MaskablePPO, the masking reference) has tests of its own below
+KEYS = [key for key in ZOO_ALGOS if ZOO_ALGOS[key].module.startswith("sb3_trust")]
 ENVS = ["CartPole-v1", "Pendulum-v1"]
 REQUIRED_ENVS = [
     "default",
@@ -147,7 +150,8 @@ def test_register_zoo_fills_rl_zoo3_tables():
     assert all(algos[key] is TrustPPO for key in KEYS if key.startswith("trust_ppo"))
     assert algos["trust_trpo"] is TrustTRPO
     assert algos["trust_npg"] is TrustNPG
-    for key in KEYS:
+    assert algos["ppo_mask"] is MaskablePPO
+    for key in ZOO_ALGOS:
         assert rl_zoo3.ALGOS[key] is algos[key]
         assert HYPERPARAMS_SAMPLER[key] is samplers.SAMPLERS[key]
         assert HYPERPARAMS_CONVERTER[key] is samplers.CONVERTERS[key]
@@ -167,7 +171,9 @@ def test_packaged_config(key):
     assert set(required_envs(key)) <= set(config)
     base_name, variant_keys = VARIANT_KEYS[key]
     base = zoo_yml(base_name)
-    for env_id in required_envs(key):
+    # the required envs, and every other env id both files list (e.g. the benchmark's `extra` envs)
+    shared = set(config) & set(base) - {"default", "atari"}
+    for env_id in sorted(set(required_envs(key)) | shared):
         entry, base_entry = config[env_id], base[env_id]
         # Same values as the base file, except the variant's keys
         for name in set(entry) | set(base_entry):
@@ -617,19 +623,12 @@ def _chdir(tmp_path, monkeypatch):
     assert os.getcwd() == str(tmp_path)
 
 
-MASKED_ENV_ID = "SB3TrustMaskedChoice-v0"
-
-
 @pytest.mark.parametrize("key", ["trust_ppo", "trust_trpo"])
 def test_masked_env_trains_with_masks(tmp_path, key):
     """An env with an `action_masks()` method trains and is evaluated with its masks (`use_masking="auto"`)."""
-    import gymnasium as gym
     from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
 
-    from tests.envs import MaskedChoiceEnv
-
-    if MASKED_ENV_ID not in gym.registry:
-        gym.register(MASKED_ENV_ID, entry_point="tests.envs:MaskedChoiceEnv")
+    register_envs()
     entry = {"n_timesteps": 256, "policy": "MlpPolicy", "n_steps": 64, "batch_size": 64}
     conf = tmp_path / "masked.yml"
     conf.write_text(yaml.dump({MASKED_ENV_ID: entry}))
@@ -642,3 +641,33 @@ def test_masked_env_trains_with_masks(tmp_path, key):
     # the zoo's evaluation used the masks (MaskableEvalCallback): no invalid action, every episode lasts the horizon
     lengths = np.load(folder / "evaluations.npz")["ep_lengths"]
     assert lengths.shape == (2, 3) and (lengths == MaskedChoiceEnv.horizon).all()
+
+
+def test_ppo_mask_key_trains_and_is_evaluated_with_masks(tmp_path, capsys):
+    """
+    ``--algo ppo_mask`` is sb3-contrib's MaskablePPO with the packaged ppo_mask.yml (the masked env's entry, found
+    through ``--gym-packages benchmarks.envs``), evaluated with the masks by the zoo (every episode lasts the horizon);
+    an env id without an entry gets ``default``, not rl-zoo3's ppo.yml values (rl-zoo3 tunes no MaskablePPO).
+    """
+    algos = registered()
+    assert ZOO_ALGOS["ppo_mask"].zoo_base is None and samplers.SAMPLERS["ppo_mask"] is not None
+    entry = load_yml(default_config_path("ppo_mask"))[MASKED_ENV_ID]
+    quiet = QUIET.replace("--eval-freq -1", "--eval-freq 128 --eval-episodes 3")
+    run(
+        f"train --algo ppo_mask --env {MASKED_ENV_ID} --gym-packages benchmarks.envs -n 256 -f {tmp_path} {quiet} "
+        "--hyperparams n_steps:32"
+    )
+    folder = run_folder(tmp_path, "ppo_mask", MASKED_ENV_ID)
+    saved = yaml.load((folder / MASKED_ENV_ID / "config.yml").read_text(), Loader=yaml.UnsafeLoader)
+    assert dict(saved)["n_envs"] == entry["n_envs"] and dict(saved)["n_steps"] == 32
+    model = algos["ppo_mask"].load(folder / f"{MASKED_ENV_ID}.zip")
+    assert isinstance(model, MaskablePPO) and model.num_timesteps >= 256
+    lengths = np.load(folder / "evaluations.npz")["ep_lengths"]
+    assert lengths.shape == (2, 3) and (lengths == MaskedChoiceEnv.horizon).all()
+    # no rl-zoo3 fallback: CartPole-v1 (which rl-zoo3's ppo.yml tunes) gets the default entry
+    import argparse
+
+    manager = TrustExperimentManager(argparse.Namespace(), "ppo_mask", "CartPole-v1", str(tmp_path))
+    hyperparams, _ = manager.read_hyperparameters()
+    assert manager.config == default_config_path("ppo_mask") and "No entry" not in capsys.readouterr().out
+    assert hyperparams == load_yml(default_config_path("ppo_mask"))["default"]

@@ -20,7 +20,13 @@ trust_ppo_proj_<p>     TrustPPO        ``policy_loss: unclipped`` + ``projection
                                        ``w2``, ``kl`` (trust-region projection layers; continuous actions only)
 trust_trpo             TrustTRPO       ``step_rule: line_search`` (TRPO)
 trust_npg              TrustNPG        ``step_rule: npg`` (natural policy gradient, no line search)
+ppo_mask               MaskablePPO     sb3-contrib's PPO with action masks (the masking reference; rl-zoo3 has no key)
 ====================== =============== ===========================================================================
+
+``ppo_mask`` is sb3-contrib's ``MaskablePPO`` unchanged, registered so that masked models of ours can be compared with
+it through the same commands; its packaged file (``hyperparams/ppo_mask.yml``) has a ``default`` entry and the
+benchmark's masked env, and no rl-zoo3 fallback (rl-zoo3 tunes no ``MaskablePPO``; its ``ppo.yml`` entries may use
+keywords that ``MaskablePPO`` lacks, such as ``use_sde``).
 
 What ``train`` adds to rl-zoo3's (through ``TrustExperimentManager``, for our keys only):
 
@@ -37,8 +43,9 @@ What ``train`` adds to rl-zoo3's (through ``TrustExperimentManager``, for our ke
   ``lin_<start>_<end>``, ``cos_<start>_<end>`` for every schedule-capable key; ``lin_<v>`` becomes SB3's
   ``LinearSchedule``, which stays at its end value when the last rollout overshoots ``n_timesteps`` (rl-zoo3's own
   goes below 0 there);
-- a model with action masks (``use_masking``, on for an env with ``action_masks()``) is evaluated (``--eval-freq``)
-  with sb3-contrib's ``MaskableEvalCallback`` instead of SB3's ``EvalCallback``, i.e. with the masks.
+- a model with action masks (``use_masking``, on for an env with ``action_masks()``, and ``ppo_mask``'s
+  ``MaskablePPO``) is evaluated (``--eval-freq``) with sb3-contrib's ``MaskableEvalCallback`` instead of SB3's
+  ``EvalCallback``, i.e. with the masks.
 
 A ``batch_size`` larger than the rollout ``n_steps * n_envs`` is passed on as rl-zoo3 does: the algorithms accept it as
 SB3 does (a warning, one minibatch of the whole rollout).
@@ -72,6 +79,7 @@ except ImportError as e:  # pragma: no cover - depends on the install
     raise ImportError(
         f"sb3_trust.zoo needs rl-zoo3 and its dependencies ({e}): install them with `pip install 'sb3-trust[zoo]'`"
     ) from e
+from sb3_contrib import MaskablePPO
 from sb3_contrib.common.maskable.callbacks import MaskableEvalCallback
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import EvalCallback
@@ -87,6 +95,7 @@ __all__ = [
     "ZooConfigError",
     "check_hyperparams",
     "default_config_path",
+    "is_masked",
     "main",
     "parse_schedule",
     "register_zoo",
@@ -114,6 +123,7 @@ class ZooAlgo:
     :param variant: what a config must have to be this variant: ``{name: value}`` (``NOT_NONE``: any value but None)
     :param description: one line for ``--help``
     :param zoo_base: rl-zoo3's key whose ``hyperparams/<zoo_base>.yml`` serves the env ids our file has no entry for
+        (``None``: no fallback, the ``default`` entry serves them)
     """
 
     key: str
@@ -122,7 +132,7 @@ class ZooAlgo:
     defaults: dict[str, Any] = field(default_factory=dict)
     variant: dict[str, Any] = field(default_factory=dict)
     description: str = ""
-    zoo_base: str = "ppo"
+    zoo_base: str | None = "ppo"
 
     def load(self) -> type[BaseAlgorithm]:
         """
@@ -208,6 +218,13 @@ ZOO_ALGOS: dict[str, ZooAlgo] = {
             variant={"step_rule": "npg"},
             description="TrustNPG (natural policy gradient: TRPO's step without line search)",
             zoo_base="trpo",
+        ),
+        ZooAlgo(
+            "ppo_mask",
+            "sb3_contrib",
+            ("MaskablePPO",),
+            description="sb3-contrib MaskablePPO (PPO with action masks; the reference for masked models of ours)",
+            zoo_base=None,
         ),
     )
 }
@@ -414,7 +431,7 @@ class TrustExperimentManager(ExperimentManager):
             return super().read_hyperparameters()
         # Our packaged file lists the env ids we ship values for; any other env id that rl-zoo3 tunes for the base
         # algorithm gets rl-zoo3's values (the keywords are the same) rather than our `default` entry
-        if self.config == default_config_path(self.algo) and not self._has_entry(self.config):
+        if algo.zoo_base is not None and self.config == default_config_path(self.algo) and not self._has_entry(self.config):
             zoo_path = zoo_config_path(algo.zoo_base)
             if self._has_entry(zoo_path):
                 print(f"No entry for {self.env_name.gym_id} in {self.config}: the values of rl-zoo3's {zoo_path}")
@@ -465,8 +482,8 @@ class TrustExperimentManager(ExperimentManager):
         return hyperparams
 
     def learn(self, model: BaseAlgorithm) -> None:
-        """rl-zoo3's, with the evaluation of a masked model (``use_masking``) done with its masks."""
-        if self._zoo_algo is not None and getattr(model, "use_masking", False):
+        """rl-zoo3's, with the evaluation of a masked model (``use_masking``, or ``MaskablePPO``) done with its masks."""
+        if self._zoo_algo is not None and is_masked(model):
             self.callbacks = [_masked_evaluation(callback) for callback in self.callbacks]
         super().learn(model)
 
@@ -483,6 +500,14 @@ class TrustExperimentManager(ExperimentManager):
         where = f" --env {self.env_name.gym_id} (from {sources})"
         check_hyperparams(self.algo, rl_zoo3.ALGOS[self.algo], processed, where=where)
         return processed, env_wrapper, callbacks, vec_env_wrapper
+
+
+def is_masked(model: BaseAlgorithm) -> bool:
+    """
+    :param model: a model
+    :return: whether it acts with action masks: sb3-contrib's ``MaskablePPO``, or one of ours with ``use_masking`` on
+    """
+    return isinstance(model, MaskablePPO) or bool(getattr(model, "use_masking", False))
 
 
 def _masked_evaluation(callback: Any) -> Any:

@@ -28,6 +28,9 @@ Each key keeps its variant fixed (the key names a variant: its log folder and it
 
   Value clipping: ``clip_range_vf`` (None, i.e. off, or a value) and, when on, ``vf_clip_mode`` ("sb3" or "max").
 
+``ppo_mask`` (sb3-contrib's ``MaskablePPO``, a reference, not ours) uses rl-zoo3's ``sample_ppo_params`` and
+``convert_onpolicy_params`` unchanged, as rl-zoo3's ``ppo`` key does.
+
 The optuna parameter names of our knobs are the keyword names, so rl-zoo3's ``convert_onpolicy_params`` passes
 them through unchanged; ``convert_trust_params`` (the converter of every key) adds ``vf_clip_mode: sb3`` when value
 clipping is off, as the samplers do.
@@ -261,3 +264,7 @@ SAMPLERS = {
 }
 
 CONVERTERS = dict.fromkeys(SAMPLERS, convert_trust_params)
+
+# The masking reference: rl-zoo3's PPO search space and converter, as for its own `ppo` key
+SAMPLERS["ppo_mask"] = sample_ppo_params
+CONVERTERS["ppo_mask"] = convert_onpolicy_params
