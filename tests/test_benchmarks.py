@@ -94,7 +94,7 @@ def test_suites_and_plan():
         (dict(envs=["MountainCar-v0"], algos=["trust_ppo"]), "valid envs: Acrobot-v1, BipedalWalker-v3, CartPole-v1"),
         (dict(envs=["CartPole-v1"]), "give --suite"),
         (dict(suite="quick", timesteps=0), "--timesteps must be >= 1"),
-        (dict(suite="nope"), "valid suites: quick, classic, mujoco, variants, variants_mujoco, masked, extra"),
+        (dict(suite="nope"), "valid suites: quick, classic, mujoco, projections, variants, variants_mujoco, masked, extra"),
         (dict(suite="masked", envs=["CartPole-v1"]), "its envs: SB3TrustMaskedChoice-v0"),
         (dict(suite="masked", algos=["ppo"]), "its algorithms: ppo_mask, trust_ppo, trust_trpo"),
         (dict(envs=["SB3TrustMaskedChoice-v0"], algos=["ppo"]), "valid envs: Acrobot-v1"),
