@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# The whole test suite with the accelerator (about 20 minutes on 2 cores), then the quick tests again with it disabled
+# The whole test suite with the accelerator (about 12 minutes on 2 cores), then the quick tests again with it disabled
 # (SB3_TRUST_ACCEL=0: everything on the reference path, about 4 minutes)
 test: $(STAMP)
 	$(BIN)/python -m pytest tests -q -n 2 --durations=15
