@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-fast compare lint format check-codestyle docs clean
+.PHONY: setup test test-fast compare lint format check-codestyle docs results results-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,14 @@ check-codestyle: $(STAMP)
 # The documentation site (docs/), every warning an error; open docs/_build/html/index.html
 docs: $(STAMP)
 	$(BIN)/sphinx-build -E -W --keep-going -b html docs docs/_build/html
+
+# The results page (benchmarks/RESULTS.md and its plots) from the committed result files; results-check (run by CI)
+# fails when the committed page is not what they and the current code give (new results, or code that stales them)
+results: $(STAMP)
+	$(BIN)/python -m benchmarks report
+
+results-check: $(STAMP)
+	$(BIN)/python -m benchmarks report --check
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache docs/_build

@@ -17,7 +17,8 @@ import pytest
 
 from benchmarks import reference_scores as refs
 from benchmarks import runner
-from benchmarks.report import build_report, permutation_test, verdict
+from benchmarks.report import build_report, check_report, permutation_test, repository_path, verdict
+from benchmarks.report import main as report_main
 from benchmarks.runner import (
     RunSpec,
     build_plan,
@@ -498,6 +499,50 @@ def test_report_from_fixture_results(tmp_path, monkeypatch):
     # excluding stale runs
     report = build_report(results, tmp_path / "other" / "RESULTS.md", reps=200, exclude_stale=True)
     assert "(excluded from the statistics)" in report.markdown
+
+
+def test_report_check_says_whether_the_committed_page_is_current(tmp_path, monkeypatch):
+    """``report --check`` (CI): the page regenerated from the same files is identical (no date, no absolute path);
+    a new result file, an edited page or a missing plot is reported, and nothing is written."""
+    fixed = {"hash": "feedfacefeedface", "files": 1}
+    monkeypatch.setattr(runner, "algorithm_code_hash", lambda directory=None, family=None: fixed)
+    results = tmp_path / "results"
+    for algo, mean in (("ppo", 300.0), ("trust_ppo", 320.0)):
+        for seed in range(5):
+            record = fake_record(algo, "CartPole-v1", seed, mean + seed, 5000.0)
+            save_record(results / f"{record['run_id']}.json", record)
+    out = tmp_path / "benchmarks" / "RESULTS.md"
+    build_report(results, out, reps=50)
+    page = out.read_text()
+    assert "UTC" not in page  # no date; the repository's own results are named from its root, wherever it is checked out
+    assert repository_path(runner.DEFAULT_RESULTS_DIR) == "benchmarks/results"
+    assert check_report(results, out, reps=50) == []
+
+    # a run finished since the page was written
+    record = fake_record("trust_ppo", "CartPole-v1", 5, 400.0, 5000.0)
+    save_record(results / f"{record['run_id']}.json", record)
+    problems = check_report(results, out, reps=50)
+    assert (
+        problems
+        and problems[0].startswith("---")
+        and any(line.startswith("+") and "11 result files" in line for line in problems)
+    )
+    assert out.read_text() == page  # --check writes nothing
+    (results / f"{record['run_id']}.json").unlink()
+
+    # a plot the page links is missing
+    plot = next((out.parent / "plots").glob("*.png"))
+    plot.unlink()
+    assert check_report(results, out, reps=50) == [f"missing plot {plot}"]
+
+    # the command line: exit 1 with the diff, 0 when current
+    build_report(results, out, reps=50)
+    out.write_text(page.replace("result files", "results files"))
+    with pytest.raises(SystemExit) as error:
+        report_main(["--results-dir", str(results), "--out", str(out), "--reps", "50", "--check"])
+    assert error.value.code == 1
+    build_report(results, out, reps=50)
+    report_main(["--results-dir", str(results), "--out", str(out), "--reps", "50", "--check"])
 
 
 def test_ppo_code_hash_covers_every_module_trust_ppo_imports():
