@@ -199,7 +199,7 @@ SUITES.update(
             "variants_mujoco",
             ("Hopper-v4", "HalfCheetah-v4"),
             _VARIANT_SUITE_ALGOS,
-            "Hopper-v4 and HalfCheetah-v4 (3 seeds) at 1M: the newer PPO variants vs PPO-clip (ours) and SB3 PPO",
+            "Hopper-v4 and HalfCheetah-v4 (5 seeds) at 1M: the newer PPO variants vs PPO-clip (ours) and SB3 PPO",
         ),
         Suite(
             "masked",
