@@ -39,6 +39,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
+from benchmarks.checkpoint import (
+    RESEED_STRIDE,
+    RunCheckpoint,
+    capture_rng,
+    make_checkpoint_callback,
+    restore_model,
+    restore_rng,
+    vec_normalize_stats,
+)
 from benchmarks.envs import register_envs
 from benchmarks.suites import (
     ALGOS,
@@ -142,6 +151,9 @@ class RunSpec:
     :param eval_seed: seed of the evaluation env
     :param attempt: unique id of this attempt (to tell a fresh result from an old one)
     :param driver: facts about the process that planned the run (git commit, code hash, command line)
+    :param checkpoint_dir: where the checkpoints of runs in progress go (``""``: no checkpoints; see
+        ``benchmarks.checkpoint``)
+    :param checkpoint_seconds: the least wall time between two checkpoints of the run
     """
 
     algo: str
@@ -159,6 +171,8 @@ class RunSpec:
     eval_seed: int = 0
     attempt: str = ""
     driver: dict[str, Any] = field(default_factory=dict)
+    checkpoint_dir: str = ""
+    checkpoint_seconds: float = 600.0
 
     @property
     def run_id(self) -> str:
@@ -378,7 +392,8 @@ def _make_eval_recorder(
             }
 
         def _on_training_start(self) -> None:
-            self.curve.append(self.evaluate(n_episodes))
+            if not self.curve:  # a resumed run has its curve so far
+                self.curve.append(self.evaluate(n_episodes))
 
         def _on_step(self) -> bool:
             if progress is not None and self.num_timesteps - self.last_reported >= 256:
@@ -426,12 +441,45 @@ def _train_and_evaluate(spec: RunSpec, progress: Callable[[int], None] | None) -
         manager.seed = spec.seed
         setup_seconds = time.perf_counter() - setup_start
 
+        checkpoint, resumed = _open_checkpoint(spec), None
+        if checkpoint is not None and (resumed := checkpoint.load()) is not None:
+            model = _resume(model, resumed, spec, eval_env)
         # A model with action masks (MaskablePPO, or ours with use_masking) is evaluated with them
         masked = is_masked(model)
         recorder = _make_eval_recorder(eval_env, spec.eval_freq, spec.eval_episodes, progress, masked=masked)
+        callbacks = [*manager.callbacks, recorder]
+        before = {"setup_s": 0.0, "learn_s": 0.0, "wall_s": 0.0, "resumed": []}
+        if resumed is not None:
+            recorder.curve, recorder.eval_seconds = resumed["curve"], resumed["eval_s"]
+            recorder.next_eval = resumed["next_eval"]
+            before = {key: resumed[key] for key in before}
+            this_resumption = {"timesteps": int(model.num_timesteps), "at": _now(), "host": host_info()}
+            before["resumed"] = [*before["resumed"], this_resumption]
+        setup_seconds += before["setup_s"]
         learn_start = time.perf_counter()
-        model.learn(manager.n_timesteps, callback=[*manager.callbacks, recorder])
-        learn_seconds = time.perf_counter() - learn_start
+        if checkpoint is not None:
+
+            def checkpoint_state(model: Any) -> dict[str, Any]:
+                learn_seconds = before["learn_s"] + time.perf_counter() - learn_start
+                return {
+                    **capture_rng(),
+                    "vec_normalize": vec_normalize_stats(model.get_env()),
+                    "curve": recorder.curve,
+                    "eval_s": recorder.eval_seconds,
+                    "next_eval": recorder.next_eval,
+                    "setup_s": setup_seconds,
+                    "learn_s": learn_seconds,
+                    "wall_s": before["wall_s"] + time.perf_counter() - setup_start,
+                    "resumed": before["resumed"],
+                }
+
+            callbacks.append(make_checkpoint_callback(checkpoint, checkpoint_state))
+        if resumed is None:
+            model.learn(manager.n_timesteps, callback=callbacks)
+        else:
+            restore_rng(resumed)
+            model.learn(max(manager.n_timesteps - model.num_timesteps, 0), callback=callbacks, reset_num_timesteps=False)
+        learn_seconds = before["learn_s"] + time.perf_counter() - learn_start
         # Training speed without the evaluations made during learn()
         train_seconds = learn_seconds - recorder.eval_seconds
         final = recorder.evaluate(spec.final_eval_episodes)
@@ -470,15 +518,54 @@ def _train_and_evaluate(spec: RunSpec, progress: Callable[[int], None] | None) -
                 "eval_with_masks": masked,
             },
         }
+        if resumed is not None:
+            result["resumed"] = before["resumed"]
+            result["wall_s_before_resume"] = before["wall_s"]
         model.get_env().close()
         eval_env.close()
     return result
 
 
+def _open_checkpoint(spec: RunSpec) -> RunCheckpoint | None:
+    """
+    :param spec: the run
+    :return: its checkpoint file (what a saved checkpoint must match to be used), or ``None`` without checkpoints
+    """
+    if not spec.checkpoint_dir or spec.checkpoint_seconds <= 0:
+        return None
+    identity = {
+        "run": spec.run_info(),
+        "entry": spec.entry,
+        "eval": [spec.eval_freq, spec.eval_episodes, spec.final_eval_episodes, spec.eval_seed],
+        "code": algorithm_code_hash(family=algorithm_family(spec.zoo_key))["hash"],
+        "versions": collect_versions(),
+    }
+    path = Path(spec.checkpoint_dir) / f"{spec.run_id}.pkl"
+    return RunCheckpoint(path, jsonable(identity), spec.checkpoint_seconds)
+
+
+def _resume(model: Any, state: dict[str, Any], spec: RunSpec, eval_env: Any) -> Any:
+    """
+    :param model: the model the run's set-up made (its class and its env are used)
+    :param state: the run's checkpoint
+    :param spec: the run
+    :param eval_env: the evaluation env
+    :return: the checkpoint's model on the set-up's env, the envs reseeded (see ``benchmarks.checkpoint``)
+    """
+    env = model.get_env()
+    resumed = restore_model(type(model), state, env)
+    shift = RESEED_STRIDE * (len(state["resumed"]) + 1)
+    env.seed(spec.seed + shift)
+    eval_env.seed(spec.eval_seed + shift)
+    return resumed
+
+
 def execute(spec_data: dict[str, Any] | RunSpec, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
     """
     The job: train and evaluate one run. The same function runs in a local worker process, in a Ray task or inline.
-    It does not raise (except on ``KeyboardInterrupt``): a crash becomes a record with ``status: "failed"``.
+    It does not raise (except on ``KeyboardInterrupt``): a crash becomes a record with ``status: "failed"``. With
+    ``spec.checkpoint_dir``, the run resumes from its checkpoint if it has one, checkpoints itself, and deletes its
+    checkpoint when it ends (``benchmarks.checkpoint``).
 
     :param spec_data: the run (a :class:`RunSpec` or its dict)
     :param progress: called now and then with the number of training steps done
@@ -518,8 +605,12 @@ def execute(spec_data: dict[str, Any] | RunSpec, progress: Callable[[int], None]
             "message": str(error),
             "traceback": traceback.format_exc(),
         }
-    record["wall_s"] = time.perf_counter() - start
+    # A resumed run's wall time includes its earlier parts (up to their last checkpoints)
+    record["wall_s"] = time.perf_counter() - start + record.pop("wall_s_before_resume", 0.0)
     record["finished_at"] = _now()
+    # The run ended here (finished, or failed with an exception: it starts again from scratch when rerun)
+    if spec.checkpoint_dir:
+        RunCheckpoint(Path(spec.checkpoint_dir) / f"{spec.run_id}.pkl", {}, 0.0).discard()
     record["log_tail"] = buffer.getvalue()[-LOG_TAIL_CHARS:]
     return record
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from benchmarks.backends import make_backend
+from benchmarks.checkpoint import CHECKPOINT_DIR, checkpoint_path
 from benchmarks.runner import (
     DEFAULT_RESULTS_DIR,
     EVAL_POINTS,
@@ -70,6 +71,13 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval-episodes", type=int, default=10, help="deterministic episodes per evaluation")
     parser.add_argument("--final-eval-episodes", type=int, default=20, help="deterministic episodes of the final evaluation")
     parser.add_argument("--timeout", type=float, default=None, help="seconds after which a run is killed, recorded as failed")
+    parser.add_argument(
+        "--checkpoint-minutes",
+        type=float,
+        default=10.0,
+        help="checkpoint each run in progress this often (minutes of wall time; 0: never), so that a stopped sweep "
+        "resumes its runs where they were (see benchmarks/checkpoint.py)",
+    )
     parser.add_argument("--skip-failed", action="store_true", help="do not redo runs recorded as failed")
     parser.add_argument("--rerun-stale", action="store_true", help="redo finished runs whose result is stale")
     parser.add_argument("--dry-run", action="store_true", help="print what would run, and stop")
@@ -99,6 +107,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.jobs < 1:
             raise BenchmarkInputError(f"--jobs must be >= 1, got {args.jobs}")
+        if not args.checkpoint_minutes >= 0:
+            raise BenchmarkInputError(f"--checkpoint-minutes must be >= 0 (0: no checkpoints), got {args.checkpoint_minutes}")
         if args.address is not None and args.backend != "ray":
             raise BenchmarkInputError("--address is for --backend ray")
         plan = build_plan(
@@ -120,13 +130,18 @@ def main(argv: list[str] | None = None) -> None:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
     results_dir = Path(args.results_dir)
     todo, skipped = select_runs(plan, results_dir, rerun_failed=not args.skip_failed, rerun_stale=args.rerun_stale)
+    if args.checkpoint_minutes > 0:
+        for spec in todo:
+            spec.checkpoint_dir = str(results_dir / CHECKPOINT_DIR)
+            spec.checkpoint_seconds = 60.0 * args.checkpoint_minutes
     print(
         f"{len(plan.specs)} runs: {len(todo)} to do, {len(skipped)} already done; results in {results_dir}; "
         f"backend {backend.describe()}; torch threads per run: 1"
     )
     if args.dry_run:
         for spec in todo:
-            print(f"  {spec.run_id}  (eval every {spec.eval_freq} steps)")
+            resumes = ", resumes from its checkpoint" if checkpoint_path(results_dir, spec.run_id).exists() else ""
+            print(f"  {spec.run_id}  (eval every {spec.eval_freq} steps{resumes})")
         return
     write_manifest(results_dir, plan)
     progress = Progress(len(todo), skipped=len(skipped), total_steps=sum(spec.timesteps for spec in todo))
@@ -138,7 +153,11 @@ def main(argv: list[str] | None = None) -> None:
         backend.run(todo, results_dir, progress)
     except KeyboardInterrupt:
         progress.close()
-        print(f"interrupted: the runs in flight are lost; rerun the same command to resume ({results_dir})", file=sys.stderr)
+        print(
+            f"interrupted: the runs in flight resume from their last checkpoints (if any) when the same command is rerun "
+            f"({results_dir})",
+            file=sys.stderr,
+        )
         raise SystemExit(130) from None
     finally:
         with contextlib.suppress(ValueError, TypeError):

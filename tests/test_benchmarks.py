@@ -4,6 +4,7 @@ input, tiny runs through the local and Ray backends, failures, resume after a ki
 synthetic result files.
 """
 
+import copy
 import json
 import os
 import signal
@@ -788,3 +789,116 @@ def test_masked_runs_are_evaluated_with_masks(tmp_path):
         lengths = [length for point in record["curve"] for length in point["lengths"]]
         assert len(lengths) > 3 and set(lengths) == {MaskedChoiceEnv.horizon}, (spec.algo, lengths)
         assert record["run"]["env"] == MASKED_ENV_ID
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Checkpoints of runs in progress
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("algo, overrides", [("trust_ppo", []), ("ppo", ["normalize:True"])])
+def test_checkpoints_leave_the_run_unchanged_and_resume_it(tmp_path, monkeypatch, algo, overrides):
+    """
+    Oracle: the same run without checkpoints. Checkpointing at every rollout changes nothing in the result; a run
+    interrupted after a checkpoint resumes from the exact saved state (weights, optimizer, VecNormalize statistics),
+    keeps its curve up to there and ends at the same number of steps.
+    """
+    import torch as th
+
+    from benchmarks import checkpoint as ckpt
+
+    def spec(checkpoints: bool) -> RunSpec:
+        plan = build_plan(
+            envs=["CartPole-v1"],
+            algos=[algo],
+            timesteps=1536,  # six rollouts of 256 steps
+            cli_hyperparams=overrides,
+            eval_freq=512,
+            eval_episodes=2,
+            final_eval_episodes=3,
+            check=False,
+        )
+        run = plan.specs[0]
+        run.checkpoint_dir = str(tmp_path / "checkpoints") if checkpoints else ""
+        run.checkpoint_seconds = 1e-9  # at the start of every rollout but the first
+        return run
+
+    file = tmp_path / "checkpoints" / f"{spec(True).run_id}.pkl"
+    plain = runner.execute(spec(False))
+    checkpointed = runner.execute(spec(True))
+    assert plain["status"] == checkpointed["status"] == "finished", (plain.get("error"), checkpointed.get("error"))
+    assert checkpointed["curve"] == plain["curve"] and "resumed" not in checkpointed
+    assert not file.exists()  # deleted when the run ends
+
+    # Interrupt the run right after its third checkpoint (step 768)
+    saved: dict = {}
+    original_save = ckpt.RunCheckpoint.save
+
+    def save_then_stop(self, model, state):
+        original_save(self, model, state)
+        saved["steps"] = model.num_timesteps
+        if model.num_timesteps >= 768:
+            saved["policy"] = copy.deepcopy(model.policy.state_dict())
+            saved["optimizer"] = copy.deepcopy(model.policy.optimizer.state_dict())
+            saved["normalize"] = copy.deepcopy(ckpt.vec_normalize_stats(model.get_env()))
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(ckpt.RunCheckpoint, "save", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        runner.execute(spec(True))
+    monkeypatch.undo()
+    assert file.exists() and saved["steps"] == 768
+
+    restored: dict = {}
+    original_restore = runner.restore_model
+
+    def restore_and_look(model_class, state, env):
+        model = original_restore(model_class, state, env)
+        # copies: the resumed training changes the tensors in place
+        restored["policy"] = copy.deepcopy(model.policy.state_dict())
+        restored["optimizer"] = copy.deepcopy(model.policy.optimizer.state_dict())
+        restored["normalize"] = copy.deepcopy(ckpt.vec_normalize_stats(env))
+        restored["steps"] = model.num_timesteps
+        restored["new_episode"] = model._last_obs is None  # learn() resets the fresh env
+        return model
+
+    monkeypatch.setattr(runner, "restore_model", restore_and_look)
+    resumed = runner.execute(spec(True))
+    assert resumed["status"] == "finished", resumed.get("error")
+    assert restored["steps"] == 768 and restored["new_episode"]
+    assert restored["policy"].keys() == saved["policy"].keys()
+    for key, value in saved["policy"].items():
+        assert th.equal(restored["policy"][key], value), key
+    for index, moments in saved["optimizer"]["state"].items():
+        for name, value in moments.items():
+            assert th.equal(th.as_tensor(restored["optimizer"]["state"][index][name]), th.as_tensor(value)), (index, name)
+    if overrides:
+        assert saved["normalize"] is not None
+        np.testing.assert_array_equal(restored["normalize"][0].mean, saved["normalize"][0].mean)
+        np.testing.assert_array_equal(restored["normalize"][1].var, saved["normalize"][1].var)
+    assert [entry["timesteps"] for entry in resumed["resumed"]] == [768]
+    # Up to the checkpoint the run is the uninterrupted one; then it goes on to the same budget
+    before = [point for point in plain["curve"] if point["timesteps"] < 768]
+    assert resumed["curve"][: len(before)] == before
+    assert resumed["timing"]["num_timesteps"] == plain["timing"]["num_timesteps"]
+    assert [point["timesteps"] for point in resumed["curve"]] == [point["timesteps"] for point in plain["curve"]]
+    assert resumed["timing"]["learn_s"] > resumed["timing"]["train_s"] > 0
+    assert not file.exists()
+
+
+def test_a_checkpoint_of_another_run_is_not_used(tmp_path):
+    plan = build_plan(envs=["CartPole-v1"], algos=["ppo"], timesteps=512, eval_freq=256, check=False)
+    spec = plan.specs[0]
+    spec.checkpoint_dir, spec.checkpoint_seconds = str(tmp_path), 1e-9
+    checkpoint = runner._open_checkpoint(spec)
+    assert checkpoint is not None
+    checkpoint.path.parent.mkdir(parents=True)
+    with open(checkpoint.path, "wb") as file:
+        import pickle
+
+        pickle.dump({"identity": {**checkpoint.identity, "eval": [256, 5, 20, 10_000]}}, file)
+    assert checkpoint.load() is None and not checkpoint.path.exists()  # other evaluation settings: deleted
+    checkpoint.path.write_bytes(b"not a pickle")
+    assert checkpoint.load() is None and not checkpoint.path.exists()
+    spec.checkpoint_dir = ""
+    assert runner._open_checkpoint(spec) is None
