@@ -61,6 +61,7 @@ class Run:
     :param host: the machine it ran on
     :param stale: why it is stale (empty: current)
     :param last_100: mean return of the last 100 training episodes (``None``: not recorded)
+    :param resumed: how many times the run was resumed from a checkpoint
     """
 
     run_id: str
@@ -72,6 +73,7 @@ class Run:
     host: str
     stale: list[str]
     last_100: float | None = None
+    resumed: int = 0
 
 
 @dataclass
@@ -263,6 +265,7 @@ def load_results(results_dir: str | Path, exclude_stale: bool = False, current: 
             host=machine(record),
             stale=staleness(record, current),
             last_100=(record.get("training_episodes") or {}).get("last_100_mean"),
+            resumed=len(record.get("resumed") or []),
         )
         if exclude_stale and entry.stale:
             stale_excluded.append(entry)
@@ -1010,6 +1013,12 @@ def _status_section(results: Results) -> str:
                 ]
             )
         lines.append(_table(["sweep", "seeds", "budget", "expected runs", "finished", "failed", "stale", "missing"], rows))
+    resumed = sum(run.resumed > 0 for group in results.groups.values() for run in group.runs)
+    if resumed:
+        lines.append(
+            f"\n{resumed} finished run{'s were' if resumed > 1 else ' was'} resumed from a checkpoint after its sweep had "
+            "stopped (`resumed` in the result file; protocol: checkpoints of runs in progress)."
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -434,6 +434,10 @@ def test_report_from_fixture_results(tmp_path, monkeypatch):
                 if algo == "trust_ppo_unclipped":  # best by the final evaluation, worst by the paper's training score
                     record["final"] = dict(record["final"], mean=5000.0 + seed)
                 save_record(results / f"{record['run_id']}.json", record)
+    # a run resumed from a checkpoint
+    resumed = _record(results / "CartPole-v1/trpo/t100000/seed1.json")
+    resumed["resumed"] = [{"timesteps": 50_000, "at": "2026-12-07T13:34:02+00:00", "host": resumed["host"]}]
+    save_record(results / "CartPole-v1/trpo/t100000/seed1.json", resumed)
     # a stale run (older algorithm code), a failed run, and a sweep that expects more seeds than there are
     stale = fake_record("trust_trpo", "Pendulum-v1", 0, -200.0, 3000.0, code={"hash": "0123456789abcdef"})
     save_record(results / f"{stale['run_id']}.json", stale)
@@ -449,6 +453,8 @@ def test_report_from_fixture_results(tmp_path, monkeypatch):
     report = build_report(results, out, reps=200)
     text = out.read_text()
     assert text == report.markdown
+
+    assert "\n1 finished run was resumed from a checkpoint after its sweep had stopped" in text
 
     # plots exist, are PNGs, and are linked at the top
     names = sorted(path.name for path in report.plots)
