@@ -66,6 +66,9 @@ class RunCheckpoint:
         :return: the saved state, or ``None`` if there is no usable checkpoint (one made by another run, other code
             or other versions is deleted)
         """
+        for leftover in self.path.parent.glob(f"{self.path.name}.tmp.*"):  # of a writer killed mid-write
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
         try:
             with open(self.path, "rb") as file:
                 state = pickle.load(file)

@@ -905,6 +905,8 @@ def test_a_checkpoint_of_another_run_is_not_used(tmp_path):
         pickle.dump({"identity": {**checkpoint.identity, "eval": [256, 5, 20, 10_000]}}, file)
     assert checkpoint.load() is None and not checkpoint.path.exists()  # other evaluation settings: deleted
     checkpoint.path.write_bytes(b"not a pickle")
-    assert checkpoint.load() is None and not checkpoint.path.exists()
+    leftover = checkpoint.path.with_name(checkpoint.path.name + ".tmp.12345.deadbeef")
+    leftover.write_bytes(b"half a checkpoint")
+    assert checkpoint.load() is None and not checkpoint.path.exists() and not leftover.exists()
     spec.checkpoint_dir = ""
     assert runner._open_checkpoint(spec) is None
