@@ -20,27 +20,18 @@ lists the resumptions (``resumed``: the step, time and host of each).
 import contextlib
 import io
 import json
-import os
 import pickle
 import random
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from benchmarks.files import remove_partial_files, write_atomically
+
 RESEED_STRIDE = 7919
 CHECKPOINT_DIR = "checkpoints"
-
-
-def checkpoint_path(results_dir: str | Path, run_id: str) -> Path:
-    """
-    :param results_dir: the results directory
-    :param run_id: the run's id (``<env>/<label>/t<steps>/seed<s>``)
-    :return: the run's checkpoint file
-    """
-    return Path(results_dir) / CHECKPOINT_DIR / f"{run_id}.pkl"
 
 
 def _same(left: Any, right: Any) -> bool:
@@ -66,9 +57,7 @@ class RunCheckpoint:
         :return: the saved state, or ``None`` if there is no usable checkpoint (one made by another run, other code
             or other versions is deleted)
         """
-        for leftover in self.path.parent.glob(f"{self.path.name}.tmp.*"):  # of a writer killed mid-write
-            with contextlib.suppress(FileNotFoundError):
-                leftover.unlink()
+        remove_partial_files(self.path)  # of a writer killed mid-write
         try:
             with open(self.path, "rb") as file:
                 state = pickle.load(file)
@@ -92,17 +81,7 @@ class RunCheckpoint:
         buffer = io.BytesIO()
         model.save(buffer)
         data = {**state, "identity": self.identity, "model_zip": buffer.getvalue()}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f"{self.path.name}.tmp.{os.getpid()}.{uuid.uuid4().hex[:8]}")
-        try:
-            with open(tmp, "wb") as file:
-                pickle.dump(data, file, protocol=pickle.HIGHEST_PROTOCOL)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(tmp, self.path)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+        write_atomically(self.path, pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL))
 
     def discard(self) -> None:
         """Delete the checkpoint, if any."""

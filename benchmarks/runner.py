@@ -31,7 +31,6 @@ import sys
 import tempfile
 import time
 import traceback
-import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -49,6 +48,7 @@ from benchmarks.checkpoint import (
     vec_normalize_stats,
 )
 from benchmarks.envs import register_envs
+from benchmarks.files import remove_partial_files, write_atomically
 from benchmarks.suites import (
     ALGOS,
     REFERENCE_KEYS,
@@ -178,6 +178,11 @@ class RunSpec:
     def run_id(self) -> str:
         """:return: the run's identity, also its path under the results directory (without ``.json``)"""
         return run_id(self.env, self.label, self.timesteps, self.seed)
+
+    @property
+    def checkpoint_file(self) -> Path | None:
+        """:return: the file of the run's checkpoint (``None``: no checkpoints)"""
+        return Path(self.checkpoint_dir) / f"{self.run_id}.pkl" if self.checkpoint_dir else None
 
     def to_dict(self) -> dict[str, Any]:
         """:return: the spec as a dict"""
@@ -531,7 +536,7 @@ def _open_checkpoint(spec: RunSpec) -> RunCheckpoint | None:
     :param spec: the run
     :return: its checkpoint file (what a saved checkpoint must match to be used), or ``None`` without checkpoints
     """
-    if not spec.checkpoint_dir or spec.checkpoint_seconds <= 0:
+    if spec.checkpoint_file is None or spec.checkpoint_seconds <= 0:
         return None
     identity = {
         "run": spec.run_info(),
@@ -540,8 +545,7 @@ def _open_checkpoint(spec: RunSpec) -> RunCheckpoint | None:
         "code": algorithm_code_hash(family=algorithm_family(spec.zoo_key))["hash"],
         "versions": collect_versions(),
     }
-    path = Path(spec.checkpoint_dir) / f"{spec.run_id}.pkl"
-    return RunCheckpoint(path, jsonable(identity), spec.checkpoint_seconds)
+    return RunCheckpoint(spec.checkpoint_file, jsonable(identity), spec.checkpoint_seconds)
 
 
 def _resume(model: Any, state: dict[str, Any], spec: RunSpec, eval_env: Any) -> Any:
@@ -609,8 +613,8 @@ def execute(spec_data: dict[str, Any] | RunSpec, progress: Callable[[int], None]
     record["wall_s"] = time.perf_counter() - start + record.pop("wall_s_before_resume", 0.0)
     record["finished_at"] = _now()
     # The run ended here (finished, or failed with an exception: it starts again from scratch when rerun)
-    if spec.checkpoint_dir:
-        RunCheckpoint(Path(spec.checkpoint_dir) / f"{spec.run_id}.pkl", {}, 0.0).discard()
+    if spec.checkpoint_file is not None:
+        spec.checkpoint_file.unlink(missing_ok=True)
     record["log_tail"] = buffer.getvalue()[-LOG_TAIL_CHARS:]
     return record
 
@@ -626,25 +630,13 @@ def _now() -> str:
 
 def save_record(path: str | Path, record: dict[str, Any]) -> None:
     """
-    Write a result atomically (a temporary file in the same directory, then a rename): a reader, or a rerun after a
-    crash, sees either the whole file or none.
+    Write a result atomically (:func:`benchmarks.files.write_atomically`): a reader, or a rerun after a crash, sees
+    either the whole file or none.
 
     :param path: the result file
     :param record: the record
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}.{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "w") as file:
-            json.dump(record, file, indent=1, allow_nan=False, default=repr)
-            file.write("\n")
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+    write_atomically(path, (json.dumps(record, indent=1, allow_nan=False, default=repr) + "\n").encode())
 
 
 def load_record(path: str | Path) -> dict[str, Any] | None:
@@ -690,20 +682,6 @@ def iter_records(results_dir: str | Path) -> Iterator[tuple[Path, dict[str, Any]
         if where != run_id(run["env"], run["label"], run["timesteps"], run["seed"]):
             continue
         yield path, record
-
-
-def remove_partial_files(path: Path) -> int:
-    """
-    :param path: a result file
-    :return: how many leftover temporary files of it (from a killed writer) were removed
-    """
-    removed = 0
-    if path.parent.is_dir():
-        for tmp in path.parent.glob(f"{path.name}.tmp*"):
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-                removed += 1
-    return removed
 
 
 # ----------------------------------------------------------------------------------------------------------------------

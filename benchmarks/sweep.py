@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from benchmarks.backends import make_backend
-from benchmarks.checkpoint import CHECKPOINT_DIR, checkpoint_path
+from benchmarks.checkpoint import CHECKPOINT_DIR
 from benchmarks.runner import (
     DEFAULT_RESULTS_DIR,
     EVAL_POINTS,
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     if args.dry_run:
         for spec in todo:
-            resumes = ", resumes from its checkpoint" if checkpoint_path(results_dir, spec.run_id).exists() else ""
+            resumes = ", resumes from its checkpoint" if spec.checkpoint_file and spec.checkpoint_file.exists() else ""
             print(f"  {spec.run_id}  (eval every {spec.eval_freq} steps{resumes})")
         return
     write_manifest(results_dir, plan)

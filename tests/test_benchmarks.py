@@ -308,6 +308,21 @@ def test_save_record_is_atomic(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["seed0.json"]
 
 
+def test_a_write_that_fails_midway_leaves_the_old_file_and_no_temporary_file(tmp_path, monkeypatch):
+    from benchmarks import files
+
+    path = tmp_path / "seed0.pkl"
+    files.write_atomically(path, b"old")
+
+    def fail(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(files.os, "replace", fail)
+    with pytest.raises(OSError, match="disk full"):
+        files.write_atomically(path, b"new")
+    assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["seed0.pkl"]
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # The report, from synthetic result files
 # ----------------------------------------------------------------------------------------------------------------------
