@@ -121,6 +121,11 @@ def test_bad_input_cli(capsys, tmp_path):
     with pytest.raises(SystemExit):
         main(["--suite", "quick", "--seeds", "x", "--results-dir", str(tmp_path)])
     assert "--seeds 'x'" in capsys.readouterr().err
+    for minutes in ("-1", "nan"):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--suite", "quick", "--checkpoint-minutes", minutes, "--results-dir", str(tmp_path)])
+        assert exit_info.value.code == 2
+        assert f"--checkpoint-minutes must be >= 0 (0: no checkpoints), got {float(minutes)}" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # nothing written
 
 
